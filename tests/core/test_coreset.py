@@ -1,0 +1,269 @@
+"""greedy_coreset against a float64 NumPy greedy, on hand-built and random banks."""
+
+from __future__ import annotations
+
+import itertools
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from reference_bank import covering_radius, reference_greedy_coreset
+
+from zal3d_core._kernels import _coreset
+from zal3d_core.coreset import build_panels, greedy_coreset
+
+
+def three_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]])
+    return centres.repeat(20, axis=0) + 0.1 * rng.standard_normal((60, 2))
+
+
+def unpack_panels(panels, n_rows):
+    """Return the (n_rows, n_dims) features stored in greedy panels."""
+    n_blocks, n_dims, block = panels.shape
+    return panels.transpose(0, 2, 1).reshape(n_blocks * block, n_dims)[:n_rows]
+
+
+def test_three_clusters_one_pick_each():
+    features = three_clusters()
+    picks = greedy_coreset(features, n=3, start=0)
+    assert picks.tolist() == [0, 44, 37]
+    assert sorted((picks // 20).tolist()) == [0, 1, 2]
+    assert covering_radius(features, picks) == pytest.approx(0.4186, abs=5e-5)
+    assert picks.tolist() == reference_greedy_coreset(features, 3).tolist()
+
+
+def test_ratio_rounding_to_zero_gives_empty():
+    bank = np.random.default_rng(0).standard_normal((10, 4))
+    picks = greedy_coreset(bank, ratio=0.01)
+    assert picks.shape == (0,)
+    assert picks.dtype == np.intp
+    assert greedy_coreset(bank, n=0).shape == (0,)
+
+
+def test_ratio_count_rounds_down():
+    bank = np.random.default_rng(0).standard_normal((10, 4))
+    assert len(greedy_coreset(bank, ratio=0.59)) == 5
+    assert len(greedy_coreset(bank, ratio=1.0)) == 10
+
+
+def test_request_above_bank_size_raises():
+    bank = np.random.default_rng(0).standard_normal((10, 4))
+    with pytest.raises(
+        ValueError, match=r"n=15 requests more rows than features has \(10\)"
+    ):
+        greedy_coreset(bank, n=15)
+    with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\].*15 rows of 10"):
+        greedy_coreset(bank, ratio=1.5)
+
+
+def test_large_bank_first_picks_and_memory():
+    bank = np.random.default_rng(0).standard_normal((20000, 128)).astype(np.float32)
+    greedy_coreset(bank[:100], n=3)  # compile before measuring
+
+    tracemalloc.start()
+    try:
+        picks = greedy_coreset(bank, n=50)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert picks[:5].tolist() == [0, 18300, 10504, 17773, 3301]
+    # A full float32 distance matrix would take 1.49 GiB; the panels take one bank.
+    assert peak < 3 * bank.nbytes, f"peak {peak / 2**20:.1f} MiB"
+    assert picks.tolist() == reference_greedy_coreset(bank, 50).tolist()
+
+
+@pytest.mark.parametrize(
+    "n_rows, n_dims, dtype, start",
+    [
+        (1, 3, np.float64, 0),
+        (7, 2, np.float64, 3),
+        (1023, 5, np.float32, 0),
+        (1025, 5, np.float32, 1024),
+        (2500, 16, np.float32, 17),
+        (2500, 16, np.float64, 2499),
+    ],
+)
+def test_matches_reference_without_projection(n_rows, n_dims, dtype, start):
+    features = np.random.default_rng(n_rows).standard_normal((n_rows, n_dims))
+    features = features.astype(dtype)
+    n = min(n_rows, 60)
+    picks = greedy_coreset(features, n=n, start=start)
+    expected = reference_greedy_coreset(features, n, start=start)
+    np.testing.assert_array_equal(picks, expected)
+
+
+small_integer_banks = arrays(
+    np.float64,
+    st.tuples(st.integers(1, 40), st.integers(1, 4)),
+    elements=st.integers(-4, 4).map(float),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(features=small_integer_banks, data=st.data())
+def test_matches_reference_with_ties(features, data):
+    # Small integers make every squared distance exact, so ties are real ties and
+    # must go to the lowest index, duplicate rows included.
+    n = data.draw(st.integers(0, len(features)))
+    start = data.draw(st.integers(0, len(features) - 1))
+    picks = greedy_coreset(features.astype(np.float32), n=n, start=start)
+    if n:
+        expected = reference_greedy_coreset(features, n, start=start)
+        np.testing.assert_array_equal(picks, expected)
+    assert len(set(picks.tolist())) == n
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    features=arrays(
+        np.float64,
+        st.tuples(st.integers(2, 60), st.integers(1, 5)),
+        elements=st.floats(-100, 100, allow_nan=False, width=32),
+    )
+)
+def test_covering_radius_never_grows(features):
+    picks = greedy_coreset(features, n=len(features))
+    radii = [covering_radius(features, picks[:k]) for k in range(1, len(picks) + 1)]
+    assert all(later <= earlier for earlier, later in itertools.pairwise(radii))
+    assert radii[-1] == 0.0
+    shorter = greedy_coreset(features, n=len(features) // 2)
+    np.testing.assert_array_equal(shorter, picks[: len(shorter)])
+
+
+def test_duplicate_rows_give_distinct_picks():
+    features = np.ones((6, 3), np.float32)
+    assert greedy_coreset(features, n=6).tolist() == [0, 1, 2, 3, 4, 5]
+    assert greedy_coreset(features, n=3, start=4).tolist() == [4, 0, 1]
+
+
+def test_projection_matches_float64_product():
+    features = np.random.default_rng(5).standard_normal((1500, 40)).astype(np.float32)
+    panels, projected = build_panels(features, 8, seed=3)
+    assert projected
+    assert panels.shape == (2, 8, _coreset.ROW_BLOCK)
+    assert panels.dtype == np.float32
+    matrix = np.random.default_rng(3).standard_normal((40, 8)) / np.sqrt(8)
+    expected = features.astype(np.float64) @ matrix.astype(np.float32)
+    np.testing.assert_allclose(
+        unpack_panels(panels, 1500), expected, rtol=1e-5, atol=1e-5
+    )
+    assert not panels[1, :, 1500 - _coreset.ROW_BLOCK :].any()
+
+
+def test_projected_picks_match_reference():
+    features = np.random.default_rng(6).standard_normal((3000, 300)).astype(np.float32)
+    picks = greedy_coreset(features, n=40, projection_dim=32, seed=9)
+    panels, _ = build_panels(features, 32, seed=9)
+    expected = reference_greedy_coreset(unpack_panels(panels, 3000), 40)
+    np.testing.assert_array_equal(picks, expected)
+
+
+def test_no_projection_at_projection_dim():
+    features = np.random.default_rng(7).standard_normal((200, 16))
+    panels, projected = build_panels(features, 16, seed=0)
+    assert not projected
+    assert panels.dtype == np.float64
+    np.testing.assert_array_equal(unpack_panels(panels, 200), features)
+
+
+def test_seed_reproducible_and_generator_accepted():
+    features = np.random.default_rng(8).standard_normal((2000, 64)).astype(np.float32)
+    first = greedy_coreset(features, ratio=0.05, projection_dim=8, seed=4)
+    again = greedy_coreset(features, ratio=0.05, projection_dim=8, seed=4)
+    other = greedy_coreset(features, ratio=0.05, projection_dim=8, seed=5)
+    generator = greedy_coreset(
+        features, ratio=0.05, projection_dim=8, seed=np.random.default_rng(4)
+    )
+    np.testing.assert_array_equal(first, again)
+    assert first.tolist() != other.tolist()
+    assert len(generator) == 100
+
+
+def test_thread_count_does_not_change_picks():
+    features = np.random.default_rng(9).standard_normal((5000, 200)).astype(np.float32)
+    one = greedy_coreset(features, n=300, projection_dim=64, n_jobs=1)
+    two = greedy_coreset(features, n=300, projection_dim=64, n_jobs=2)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_blas_thread_count_does_not_change_projection():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    features = np.random.default_rng(10).standard_normal((4096, 300)).astype(np.float32)
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        one, _ = build_panels(features, 128, seed=0)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        two, _ = build_panels(features, 128, seed=0)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_progress_bar_gives_same_picks():
+    pytest.importorskip("tqdm")
+    features = np.random.default_rng(11).standard_normal((500, 6))
+    plain = greedy_coreset(features, n=150)
+    with_bar = greedy_coreset(features, n=150, progress=True)
+    np.testing.assert_array_equal(plain, with_bar)
+
+
+def test_integer_features_accepted():
+    features = np.arange(12).reshape(6, 2)
+    assert greedy_coreset(features, n=2).tolist() == [0, 5]
+
+
+def test_invalid_arguments_raise():
+    features = np.random.default_rng(0).standard_normal((10, 4))
+    with pytest.raises(ValueError, match="exactly one of n .* but both was given"):
+        greedy_coreset(features, n=2, ratio=0.5)
+    with pytest.raises(ValueError, match="exactly one of n .* but neither was given"):
+        greedy_coreset(features)
+    with pytest.raises(
+        ValueError, match=r"start must be a row index in \[0, 10\), but got 10"
+    ):
+        greedy_coreset(features, n=2, start=10)
+    with pytest.raises(
+        ValueError, match=r"start must be a row index in \[0, 10\), but got -1"
+    ):
+        greedy_coreset(features, n=2, start=-1)
+    with pytest.raises(ValueError, match="projection_dim must be >= 1, but got 0"):
+        greedy_coreset(features, n=2, projection_dim=0)
+    with pytest.raises(ValueError, match="n must be >= 0, but got -1"):
+        greedy_coreset(features, n=-1)
+    with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\], but got -0.1"):
+        greedy_coreset(features, ratio=-0.1)
+    with pytest.raises(TypeError, match="n must be an int, but got float 2.5"):
+        greedy_coreset(features, n=2.5)
+    with pytest.raises(TypeError, match="ratio must be a real number, but got str"):
+        greedy_coreset(features, ratio="0.1")
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        greedy_coreset(features, n=2, progress=1)
+
+
+def test_invalid_features_raise():
+    features = np.random.default_rng(0).standard_normal((10, 4))
+    with_nan = features.copy()
+    with_nan[3, 1] = np.nan
+    with_inf = features.copy()
+    with_inf[[2, 5], 0] = np.inf
+    with pytest.raises(
+        ValueError, match="features contains NaN or infinite values in 1 of 10"
+    ):
+        greedy_coreset(with_nan, n=2)
+    with pytest.raises(
+        ValueError, match="features contains NaN or infinite values in 2 of 10"
+    ):
+        greedy_coreset(with_inf, n=2)
+    with pytest.raises(
+        ValueError, match=r"features must have shape \(N, D\), but got \(10,\)"
+    ):
+        greedy_coreset(features[:, 0], n=2)
+    with pytest.raises(
+        ValueError,
+        match=r"features must have at least 1 row\(s\), but got shape \(0, 4\)",
+    ):
+        greedy_coreset(np.empty((0, 4)), n=0)
+    with pytest.raises(TypeError, match="features must be a numeric array"):
+        greedy_coreset("features", n=2)

@@ -1,0 +1,273 @@
+"""Memory-bank reduction by k-center greedy selection (the PatchCore coreset)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from ._kernels import _coreset
+from ._kernels._knn import count_nonfinite_rows
+from ._numba import num_threads
+from ._validation import as_float_array, check_int, check_rng
+
+__all__ = ["greedy_coreset"]
+
+logger = logging.getLogger(__name__)
+
+# Greedy steps per kernel call when a progress bar is shown.
+_PROGRESS_STEPS = 64
+
+
+def check_feature_rows(features: Any, name: str, *, min_rows: int = 1) -> np.ndarray:
+    """Check a finite ``(N, D)`` float array with D >= 1 without copying it.
+
+    Integer and boolean input is converted to float64; float32 and float64 arrays are
+    kept as they are, made C-contiguous. Finiteness is checked by a kernel, which
+    needs no temporary array the size of ``features``.
+    """
+    array = as_float_array(features, name)
+    if array.ndim != 2:
+        raise ValueError(
+            f"{name} must have shape (N, D), but got {array.shape}. Pass one row per "
+            "patch, e.g. features.reshape(-1, features.shape[-1])."
+        )
+    if array.shape[1] < 1:
+        raise ValueError(
+            f"{name} must have at least one column, but got {array.shape}."
+        )
+    if array.shape[0] < min_rows:
+        raise ValueError(
+            f"{name} must have at least {min_rows} row(s), but got shape {array.shape}."
+        )
+    array = np.ascontiguousarray(array)
+    bad = int(count_nonfinite_rows(array))
+    if bad:
+        raise ValueError(
+            f"{name} contains NaN or infinite values in {bad} of {array.shape[0]} "
+            "rows. Features must be finite, so drop the rows of missing patches first."
+        )
+    return array
+
+
+def _resolve_count(n: Any, ratio: Any, n_rows: int) -> int:
+    if (n is None) == (ratio is None):
+        given = "both" if n is not None else "neither"
+        raise ValueError(
+            f"pass exactly one of n (number of rows) or ratio (fraction of rows), but "
+            f"{given} was given."
+        )
+    if n is not None:
+        count = check_int(n, "n", minimum=0)
+        if count > n_rows:
+            raise ValueError(
+                f"n={count} requests more rows than features has ({n_rows}). Pass "
+                f"n <= {n_rows}, or ratio <= 1."
+            )
+        return count
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise TypeError(f"ratio must be a real number, but got {type(ratio).__name__}.")
+    ratio = float(ratio)
+    if not math.isfinite(ratio):
+        raise ValueError(f"ratio must be a finite number in [0, 1], but got {ratio!r}.")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(
+            f"ratio must be in [0, 1], but got {ratio!r}, which requests "
+            f"{int(n_rows * ratio)} rows of {n_rows}. Pass a fraction of the rows, "
+            "e.g. ratio=0.1."
+        )
+    return int(n_rows * ratio)
+
+
+def build_panels(
+    features: np.ndarray, projection_dim: int, seed: Any
+) -> tuple[np.ndarray, bool]:
+    """Store the rows of ``features``, projected when they have more columns than
+    ``projection_dim``, as the zero-padded panels that ``greedy_steps`` reads.
+
+    The projection matrix has shape ``(D, projection_dim)`` and entries drawn from
+    N(0, 1 / projection_dim) by ``numpy.random.default_rng(seed)``, which keeps
+    squared distances unbiased (Johnson-Lindenstrauss). The product runs in BLAS, in
+    the dtype of ``features``. Projected panels are float32; unprojected panels keep
+    the dtype of ``features``. Returns the panels and whether they were projected.
+    """
+    rng = check_rng(seed, "seed")
+    n_rows, n_dims = features.shape
+    block = _coreset.ROW_BLOCK
+    n_blocks = (n_rows + block - 1) // block
+    project = n_dims > projection_dim
+    if project:
+        # NOTE: OpenBLAS 0.3.31 gives the same bits for 1 and 2 BLAS threads here, and
+        # a test checks it. Another BLAS library could round with the thread count.
+        matrix = rng.standard_normal((n_dims, projection_dim)) / math.sqrt(
+            projection_dim
+        )
+        matrix = matrix.astype(features.dtype)
+        panels = np.zeros((n_blocks, projection_dim, block), np.float32)
+    else:
+        panels = np.zeros((n_blocks, n_dims, block), features.dtype)
+
+    for b in range(n_blocks):
+        rows = features[b * block : (b + 1) * block]
+        if project:
+            # One BLAS call per panel keeps the temporary at ROW_BLOCK rows.
+            rows = rows @ matrix
+        panels[b, :, : rows.shape[0]] = rows.T
+    return panels, project
+
+
+def greedy_coreset(
+    features: Any,
+    n: int | None = None,
+    ratio: float | None = None,
+    projection_dim: int = 128,
+    seed: Any = 0,
+    start: int = 0,
+    *,
+    progress: bool = False,
+    n_jobs: int | None = None,
+) -> np.ndarray:
+    """Select a coreset of rows by k-center greedy (farthest-point) selection.
+
+    The first pick is ``start``. Each later pick is the row farthest, in Euclidean
+    distance, from the rows selected so far, the lowest index on ties. Extra memory is
+    one distance per row plus a copy of the (projected) features: no N x N or N x n
+    matrix is formed.
+
+    Parameters
+    ----------
+    features : array-like of shape (n_rows, n_features)
+        Finite patch features. float32 and float64 are used as given; integers are
+        converted to float64.
+    n : int, optional
+        Number of rows to select, ``0 <= n <= n_rows``.
+    ratio : float, optional
+        Fraction of rows to select, in ``[0, 1]``; the count is ``int(n_rows * ratio)``,
+        rounded down, so a ratio that gives less than one row selects none. Pass
+        exactly one of ``n`` and ``ratio``.
+    projection_dim : int, default 128
+        Features with more columns are first projected to this many dimensions with a
+        Gaussian random matrix (see Notes). Features with at most this many columns
+        are used as they are.
+    seed : int or numpy.random.Generator, default 0
+        Seed of the projection matrix. The same seed gives the same picks.
+    start : int, default 0
+        Index of the first pick, in ``[0, n_rows)``.
+    progress : bool, default False
+        Show a tqdm progress bar over the steps, if tqdm is installed.
+    n_jobs : int, optional
+        Numba threads; ``None`` keeps the current setting, ``-1`` uses all. The picks
+        do not depend on it.
+
+    Returns
+    -------
+    ndarray of shape (n_selected,), intp
+        Distinct row indices in pick order, ``start`` first. Empty when the requested
+        count is 0.
+
+    Raises
+    ------
+    ValueError
+        If both or neither of ``n`` and ``ratio`` are given, the requested count exceeds
+        ``n_rows``, ``start`` is out of range, ``projection_dim < 1``, or the features
+        are not a finite 2-D array.
+    TypeError
+        If an argument has the wrong type.
+
+    Notes
+    -----
+    The projection has entries drawn from N(0, 1 / projection_dim) by
+    ``numpy.random.default_rng(seed)`` and is computed with float32 BLAS for float32
+    features. Squared distances are summed over the dimensions in index order in the
+    dtype of the rows compared: float32 for projected or float32 features, float64
+    for float64 features that are not projected. No sum is split or reordered, so the
+    picks are bit-identical for a seed whatever the Numba thread count. Near-ties
+    within float32 rounding may be broken differently from a float64 computation.
+    Once every unselected row has distance 0 (duplicate rows), the remaining picks
+    are the unselected rows in index order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zal3d_core.coreset import greedy_coreset
+    >>> points = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [0.0, 3.0]])
+    >>> greedy_coreset(points, n=3).tolist()
+    [0, 2, 3]
+    """
+    array = check_feature_rows(features, "features")
+    n_rows, n_dims = array.shape
+    count = _resolve_count(n, ratio, n_rows)
+    projection_dim = check_int(projection_dim, "projection_dim", minimum=1)
+    start = check_int(start, "start")
+    if not 0 <= start < n_rows:
+        raise ValueError(
+            f"start must be a row index in [0, {n_rows}), but got {start}."
+        )
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, but got {type(progress).__name__}.")
+
+    selected = np.empty(count, np.intp)
+    if count == 0:
+        logger.info("greedy coreset: 0 of %d rows requested, nothing to select", n_rows)
+        return selected
+
+    with num_threads(n_jobs):
+        if n_dims > projection_dim:
+            logger.info(
+                "greedy coreset: projecting %d x %d features to %d dimensions",
+                n_rows,
+                n_dims,
+                projection_dim,
+            )
+        panels, projected = build_panels(array, projection_dim, seed)
+        logger.info("greedy coreset: selecting %d of %d rows", count, n_rows)
+        radius2 = _run_steps(panels, n_rows, selected, start, progress)
+    logger.info(
+        "greedy coreset: covering radius %.6g in the %s space",
+        math.sqrt(radius2),
+        "projected" if projected else "feature",
+    )
+    return selected
+
+
+def _run_steps(
+    panels: np.ndarray, n_rows: int, selected: np.ndarray, start: int, progress: bool
+) -> float:
+    """Fill ``selected`` by greedy steps and return the squared covering radius."""
+    count = selected.shape[0]
+    n_blocks = panels.shape[0]
+    min_d2 = np.full(n_rows, np.inf, panels.dtype)
+    scratch = np.empty((n_blocks, _coreset.ROW_BLOCK), panels.dtype)
+    block_max = np.empty(n_blocks, panels.dtype)
+    selected[0] = start
+    state = (min_d2, selected)
+    work = (scratch, block_max)
+
+    # Running to step count + 1 applies the last pick, so the kernel returns the
+    # covering radius of the whole selection.
+    bar = _progress_bar(count) if progress else None
+    if bar is None:
+        return float(_coreset.greedy_steps(panels, n_rows, *state, 1, count + 1, *work))
+    radius2 = 0.0
+    with bar:
+        bar.update(1)
+        for first in range(1, count + 1, _PROGRESS_STEPS):
+            stop = min(first + _PROGRESS_STEPS, count + 1)
+            radius2 = _coreset.greedy_steps(panels, n_rows, *state, first, stop, *work)
+            bar.update(min(stop, count) - first)
+    return float(radius2)
+
+
+def _progress_bar(total: int):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        logger.warning(
+            "progress=True, but tqdm is not installed, so no bar is shown. Install it "
+            "with pip install tqdm."
+        )
+        return None
+    return tqdm(total=total, desc="greedy coreset", unit="pick")
