@@ -17,12 +17,19 @@ from typing import Any
 import numpy as np
 
 from ._kernels import _fps
-from ._validation import as_float_array, center_points, check_int, check_points
+from ._validation import (
+    as_float_array,
+    center_points,
+    check_int,
+    check_organized,
+    check_points,
+)
 from .neighbors import KDTree
 
 __all__ = [
     "farthest_point_sampling",
     "fps_patches",
+    "organized_patch_points",
     "patch_boxes",
     "pool_patch_features",
     "scatter_to_map",
@@ -439,3 +446,52 @@ def fps_patches(
         "built %d FPS patches of %d points from %d points", n_patches, patch_size, n
     )
     return centers, np.ascontiguousarray(neighbors, dtype=np.intp)
+
+
+def organized_patch_points(
+    xyz: Any, grid: Any = 28, kernel: int = 3, n_points: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Collect a fixed-size point set per patch of an organized cloud.
+
+    Patch ``j`` takes the valid points of its receptive field
+    (:func:`patch_boxes`), so the point sets line up with the rows of
+    :func:`pool_patch_features`. A field with more than ``n_points`` valid points is
+    thinned to ``n_points`` evenly spaced ones in raster order; one with fewer repeats
+    its points cyclically. Each set is centred on its mean (in float64, then cast).
+
+    Parameters
+    ----------
+    xyz : array-like of shape (H, W, 3)
+        Organized cloud with NaN where no point was measured.
+    grid : int or (int, int), default 28
+    kernel : int, default 3
+    n_points : int, default 64
+        Points per patch, >= 1.
+
+    Returns
+    -------
+    points : ndarray of shape (gh * gw, n_points, 3), float32
+        Centred point sets; all zeros for patches without a valid point.
+    counts : ndarray of shape (gh * gw,), intp
+        Number of distinct valid points each patch had before thinning or repeating.
+    """
+    xyz = check_organized(xyz, "xyz")
+    n_points = check_int(n_points, "n_points", minimum=1)
+    boxes = patch_boxes(xyz.shape[:2], grid, kernel)
+    out = np.zeros((boxes.shape[0], n_points, 3), np.float32)
+    counts = np.zeros(boxes.shape[0], np.intp)
+    valid = ~np.isnan(xyz).any(axis=2)
+    for j, (y0, y1, x0, x1) in enumerate(boxes):
+        inside = valid[y0:y1, x0:x1]
+        count = int(inside.sum())
+        counts[j] = count
+        if count == 0:
+            continue
+        points = np.asarray(xyz[y0:y1, x0:x1][inside], np.float64)
+        if count >= n_points:
+            pick = np.round(np.linspace(0, count - 1, n_points)).astype(np.intp)
+        else:
+            pick = np.arange(n_points) % count
+        chosen = points[pick]
+        out[j] = chosen - chosen.mean(axis=0)
+    return out, counts

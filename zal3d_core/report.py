@@ -116,15 +116,24 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def markdown_tables(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = ("au_pro", "image_auroc")) -> str:
+def markdown_tables(
+    rows: Sequence[dict[str, Any]],
+    metrics: Sequence[str] = ("au_pro", "image_auroc"),
+    classes: Sequence[str] | None = None,
+) -> str:
     """Render train x test tables, one per method and metric, with a mean column.
 
     Rows are result dicts with ``method``, ``train``, ``test`` and the metric keys.
+    Columns follow ``classes`` (the dataset's class order) when given, else the order
+    in which test classes first appear.
     """
     titles = {"au_pro": "AU-PRO (FPR limit 0.3)", "image_auroc": "Image AUROC",
               "pixel_auroc": "Pixel AUROC"}
     methods = list(dict.fromkeys(row["method"] for row in rows))
     tests = list(dict.fromkeys(row["test"] for row in rows))
+    if classes is not None:
+        order = {name: i for i, name in enumerate(classes)}
+        tests.sort(key=lambda name: order.get(name, len(order)))
     out: list[str] = []
     for method in methods:
         subset = [row for row in rows if row["method"] == method]

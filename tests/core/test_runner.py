@@ -1,0 +1,170 @@
+"""The zero-shot job end to end on a tiny generated dataset, and the CLI around it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zal3d_core.cli import main
+from zal3d_core.demo import DEMO_CLASSES, generate_demo_dataset
+from zal3d_core.runner import RunConfig, parse_class_spec, run_zero_shot
+
+CLASSES = DEMO_CLASSES[:3]
+PREPROCESS = {"size": 64}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo") / "data"
+    return generate_demo_dataset(
+        root, classes=CLASSES, n_train=3, n_validation=1, n_test_good=1,
+        n_test_per_defect=1, defect_types=("dent", "hole"), size=128, seed=0,
+    )
+
+
+def run(dataset, out, cache, **kwargs):
+    config = RunConfig(data_root=dataset, out_dir=out, cache_dir=cache,
+                       preprocess=PREPROCESS, n_heatmaps=2, **kwargs)
+    return run_zero_shot(config)
+
+
+def test_full_matrix_writes_every_file(tiny_dataset, tmp_path):
+    results = run(tiny_dataset, tmp_path / "out", tmp_path / "cache", train_class="all")
+    rows = results["results"]
+    assert len(rows) == len(CLASSES) * (len(CLASSES) - 1)
+    assert {(r["train"], r["test"]) for r in rows} == {
+        (a, b) for a in CLASSES for b in CLASSES if a != b
+    }
+    for row in rows:
+        assert row["n_test"] == 3
+        assert row["n_defective"] == 2
+        for key in ("au_pro", "image_auroc", "pixel_auroc"):
+            assert 0.0 <= row[key] <= 1.0
+    out = tmp_path / "out"
+    for name in ("results.json", "results.csv", "results.md", "timings.json"):
+        assert (out / name).is_file()
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0] == "method,train,test,n_test,n_defective,au_pro,image_auroc,pixel_auroc"
+    assert len(csv_lines) == 1 + len(rows)
+    table = (out / "results.md").read_text()
+    assert "### btf: AU-PRO (FPR limit 0.3)" in table
+    assert "| train \\ test | " + " | ".join(sorted(CLASSES)) + " | mean |" in table
+    pictures = sorted((out / "heatmaps" / "btf").rglob("*.png"))
+    assert len(pictures) == len(rows) * 2
+    with Image.open(pictures[0]) as image:
+        assert image.size == (3 * 64 + 8, 64)
+
+
+def test_results_are_reproducible_and_cached(tiny_dataset, tmp_path):
+    cache = tmp_path / "cache"
+    run(tiny_dataset, tmp_path / "a", cache, train_class=CLASSES[0])
+    run(tiny_dataset, tmp_path / "b", cache, train_class=CLASSES[0])
+    run(tiny_dataset, tmp_path / "c", None, train_class=CLASSES[0], use_cache=False)
+    for name in ("results.json", "results.csv", "results.md"):
+        first = (tmp_path / "a" / name).read_text()
+        assert first == (tmp_path / "b" / name).read_text()
+        assert first.replace(str(cache), "") == (tmp_path / "c" / name).read_text().replace(str(cache), "")
+    timings = json.loads((tmp_path / "b" / "timings.json").read_text())
+    assert timings["cache_misses"] == 0
+    assert timings["cache_hits"] > 0
+    entries = list((cache / "features").rglob("*.npz"))
+    assert len(entries) == 3 * len(CLASSES)
+    assert not list((cache / "features").rglob("*.tmp"))
+
+
+def test_dataset_folder_is_never_written(tiny_dataset, tmp_path):
+    before = sorted((p, p.stat().st_mtime_ns) for p in tiny_dataset.rglob("*"))
+    run(tiny_dataset, tmp_path / "out", tmp_path / "cache", train_class=CLASSES[1])
+    after = sorted((p, p.stat().st_mtime_ns) for p in tiny_dataset.rglob("*"))
+    assert before == after
+
+
+def test_damaged_cache_entry_is_recomputed(tiny_dataset, tmp_path):
+    cache = tmp_path / "cache"
+    run(tiny_dataset, tmp_path / "a", cache, train_class=CLASSES[0])
+    for entry in (cache / "features").rglob("*.npz"):
+        entry.write_bytes(entry.read_bytes()[:100])
+    run(tiny_dataset, tmp_path / "b", cache, train_class=CLASSES[0])
+    assert (tmp_path / "a" / "results.md").read_text() == (tmp_path / "b" / "results.md").read_text()
+
+
+def test_pooled_training_classes(tiny_dataset, tmp_path):
+    pooled = f"{CLASSES[0]},{CLASSES[1]}"
+    results = run(tiny_dataset, tmp_path / "out", tmp_path / "cache", train_class=pooled)
+    assert [(r["train"], r["test"]) for r in results["results"]] == [
+        (f"{CLASSES[0]}+{CLASSES[1]}", CLASSES[2])
+    ]
+
+
+def test_parse_class_spec():
+    known = ["a", "b", "c"]
+    assert parse_class_spec("all", known, name="x") == known
+    assert parse_class_spec("b, a", known, name="x") == ["b", "a"]
+    with pytest.raises(ValueError, match=r"x names unknown classes \['z'\]; the dataset has: a, b, c"):
+        parse_class_spec("a,z", known, name="x")
+    with pytest.raises(ValueError, match="x is empty"):
+        parse_class_spec(" , ", known, name="x")
+
+
+def test_cli_zero_shot_and_fit_predict(tiny_dataset, tmp_path, capsys):
+    common = ["--size", "64", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    status = main(["zero-shot", "--data-root", str(tiny_dataset), "--train-class", CLASSES[0],
+                   "--out", str(tmp_path / "zs"), "--heatmaps", "0", *common])
+    assert status == 0
+    assert "AU-PRO" in capsys.readouterr().out
+    status = main(["fit", "--data-root", str(tiny_dataset), "--train-class", CLASSES[0],
+                   "--model", str(tmp_path / "m.npz"), *common])
+    assert status == 0
+    status = main(["predict", "--model", str(tmp_path / "m.npz"), "--data-root",
+                   str(tiny_dataset), "--test-classes", CLASSES[1], "--out",
+                   str(tmp_path / "pred"), "--heatmaps", "0", "--cache-dir",
+                   str(tmp_path / "cache"), "-q"])
+    assert status == 0
+    zero_shot = json.loads((tmp_path / "zs" / "results.json").read_text())["results"]
+    predicted = json.loads((tmp_path / "pred" / "results.json").read_text())
+    expected = [r for r in zero_shot if r["test"] == CLASSES[1]][0]
+    assert predicted[0]["au_pro"] == pytest.approx(expected["au_pro"], abs=1e-12)
+    assert predicted[0]["image_auroc"] == pytest.approx(expected["image_auroc"], abs=1e-12)
+    tiff = next((tiny_dataset / CLASSES[1] / "test").rglob("*.tiff"))
+    status = main(["predict", "--model", str(tmp_path / "m.npz"), "--input", str(tiff),
+                   "--out", str(tmp_path / "single"), "-q"])
+    assert status == 0
+    with np.load(tmp_path / "single" / f"{tiff.stem}_anomaly_map.npz") as data:
+        assert data["anomaly_map"].shape == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["zero-shot", "--data-root", "/nonexistent/zal3d", "--train-class", "a", "--out", "x"],
+         "zal3d: error: "),
+        (["predict", "--model", "/nonexistent/m.npz", "--input", "a.tiff", "--out", "x"],
+         "zal3d: error: model file not found: /nonexistent/m.npz"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(message)
+
+
+def test_cli_unknown_class_and_method(tiny_dataset, tmp_path, capsys):
+    assert main(["zero-shot", "--data-root", str(tiny_dataset), "--train-class", "nope",
+                 "--out", str(tmp_path), "-q"]) == 2
+    assert "train_class names unknown classes ['nope']" in capsys.readouterr().err
+    assert main(["zero-shot", "--data-root", str(tiny_dataset), "--train-class", CLASSES[0],
+                 "--method", "magic", "--out", str(tmp_path), "-q"]) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
+
+
+def test_cli_bad_argument_values(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["zero-shot", "--data-root", "x", "--train-class", "a", "--out", "y",
+              "--coreset-ratio", "2"])
+    assert exit_info.value.code == 2
+    assert "expected a ratio in (0, 1], got '2'" in capsys.readouterr().err
