@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from reference_bank import covering_radius, reference_greedy_coreset
 
 from zal3d_core._kernels import _coreset
-from zal3d_core.coreset import build_panels, greedy_coreset
+from zal3d_core.coreset import _run_steps, build_panels, greedy_coreset
 
 
 def three_clusters():
@@ -26,6 +26,46 @@ def unpack_panels(panels, n_rows):
     """Return the (n_rows, n_dims) features stored in greedy panels."""
     n_blocks, n_dims, block = panels.shape
     return panels.transpose(0, 2, 1).reshape(n_blocks * block, n_dims)[:n_rows]
+
+
+def run_schedule(
+    features, n, blocks_per_round, n_parts=1, start=0, projection_dim=128, seed=0
+):
+    """Return picks, squared radius and computed (pick, block) pairs of one schedule.
+
+    ``blocks_per_round=1`` updates one block at a time, as lazily as possible. A value
+    of at least the block count updates every block at every step, which is the plain
+    algorithm: one pass over all rows per pick. ``n_parts > 1`` splits the blocks
+    into lane ranges that run in parallel.
+    """
+    features = np.ascontiguousarray(features)
+    panels, _ = build_panels(features, projection_dim, seed)
+    selected = np.empty(n, np.intp)
+    radius2, pairs = _run_steps(
+        panels, len(features), selected, start, False, blocks_per_round, n_parts
+    )
+    return selected, radius2, pairs
+
+
+# (blocks per round, lane ranges per block) of the lazy schedules under test.
+LAZY_SCHEDULES = [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (2, 3), (3, 4)]
+
+
+def assert_schedules_agree(features, n, start=0, projection_dim=128):
+    """Check that lazy and plain schedules give the same picks and radius bits."""
+    n_blocks = -(-len(features) // _coreset.ROW_BLOCK)
+    plain, plain_radius2, plain_pairs = run_schedule(
+        features, n, n_blocks, 1, start, projection_dim
+    )
+    assert plain_pairs == n * n_blocks
+    for blocks_per_round, n_parts in LAZY_SCHEDULES:
+        picks, radius2, pairs = run_schedule(
+            features, n, blocks_per_round, n_parts, start, projection_dim
+        )
+        np.testing.assert_array_equal(picks, plain)
+        assert radius2 == plain_radius2
+        assert pairs <= plain_pairs
+    return plain
 
 
 def test_three_clusters_one_pick_each():
@@ -155,6 +195,20 @@ def test_projection_matches_float64_product():
     assert not panels[1, :, 1500 - _coreset.ROW_BLOCK :].any()
 
 
+def test_projection_over_several_blas_calls():
+    # 9000 rows take three BLAS calls of up to 4096 rows and fill 9 panels.
+    features = np.random.default_rng(15).standard_normal((9000, 20)).astype(np.float32)
+    panels, projected = build_panels(features, 6, seed=2)
+    assert projected
+    assert panels.shape == (9, 6, _coreset.ROW_BLOCK)
+    matrix = np.random.default_rng(2).standard_normal((20, 6)) / np.sqrt(6)
+    expected = features.astype(np.float64) @ matrix.astype(np.float32)
+    np.testing.assert_allclose(
+        unpack_panels(panels, 9000), expected, rtol=1e-5, atol=1e-5
+    )
+    assert not panels[8, :, 9000 - 8 * _coreset.ROW_BLOCK :].any()
+
+
 def test_projected_picks_match_reference():
     features = np.random.default_rng(6).standard_normal((3000, 300)).astype(np.float32)
     picks = greedy_coreset(features, n=40, projection_dim=32, seed=9)
@@ -191,6 +245,121 @@ def test_thread_count_does_not_change_picks():
     np.testing.assert_array_equal(one, two)
 
 
+def clustered_bank(n_rows, n_dims, n_clusters, seed):
+    """Return float32 rows scattered tightly around random centres, in random order."""
+    rng = np.random.default_rng(seed)
+    centres = 10.0 * rng.standard_normal((n_clusters, n_dims))
+    labels = rng.integers(0, n_clusters, n_rows)
+    noise = 0.05 * rng.standard_normal((n_rows, n_dims))
+    return (centres[labels] + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "name, n",
+    [
+        ("normal float32, 16 dims", 150),
+        ("normal float64, 7 dims", 120),
+        ("projected 200 to 32 dims", 100),
+        ("40 clusters, 12 dims", 200),
+        ("integers in [-2, 2], 3 dims", 140),
+        ("7 distinct rows repeated", 60),
+    ],
+)
+def test_lazy_schedule_matches_plain(name, n):
+    rng = np.random.default_rng(12)
+    banks = {
+        "normal float32, 16 dims": lambda: rng.standard_normal((3000, 16)).astype(
+            np.float32
+        ),
+        "normal float64, 7 dims": lambda: rng.standard_normal((2500, 7)),
+        "projected 200 to 32 dims": lambda: rng.standard_normal((2200, 200)).astype(
+            np.float32
+        ),
+        "40 clusters, 12 dims": lambda: clustered_bank(4100, 12, 40, seed=13),
+        "integers in [-2, 2], 3 dims": lambda: rng.integers(-2, 3, (3000, 3)).astype(
+            np.float32
+        ),
+        "7 distinct rows repeated": lambda: np.tile(
+            rng.standard_normal((7, 5)).astype(np.float32), (300, 1)
+        ),
+    }
+    features = banks[name]()
+    picks = assert_schedules_agree(features, n, start=5, projection_dim=32)
+    assert len(set(picks.tolist())) == n
+    if name.startswith("integers"):
+        # Integer coordinates make every distance exact, so ties are real ties.
+        expected = reference_greedy_coreset(features, n, start=5)
+        np.testing.assert_array_equal(picks, expected)
+    if name.startswith("7 distinct"):
+        # After the 7 distinct rows, every row is at distance 0: index order.
+        rest = [i for i in range(len(features)) if i not in set(picks[:7].tolist())]
+        assert sorted((picks[:7] % 7).tolist()) == list(range(7))
+        assert picks[7:].tolist() == rest[: n - 7]
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_rows=st.integers(1025, 3300),
+    n_dims=st.integers(1, 9),
+    levels=st.integers(1, 4),
+    fraction=st.floats(0.0, 1.0),
+)
+def test_lazy_schedule_matches_plain_property(seed, n_rows, n_dims, levels, fraction):
+    # Few integer levels give exact ties across blocks and many duplicate rows.
+    rng = np.random.default_rng(seed)
+    features = rng.integers(-levels, levels + 1, (n_rows, n_dims)).astype(np.float32)
+    n = max(1, int(fraction * min(n_rows, 120)))
+    start = int(rng.integers(0, n_rows))
+    picks = assert_schedules_agree(features, n, start=start)
+    expected = reference_greedy_coreset(features, n, start=start)
+    np.testing.assert_array_equal(picks, expected)
+
+
+def test_lazy_schedule_skips_settled_blocks():
+    # Block 0 is spread out, and blocks 1 to 3 are tight clusters far away. After one
+    # pick each, the clusters' distances are tiny, so later picks, all in block 0,
+    # never need their rows.
+    rng = np.random.default_rng(14)
+    block = _coreset.ROW_BLOCK
+    features = np.empty((4 * block, 4), np.float32)
+    features[:block] = 10.0 * rng.standard_normal((block, 4))
+    for b in range(1, 4):
+        centre = np.array([1000.0 * b, 0.0, 0.0, 0.0])
+        features[b * block : (b + 1) * block] = centre + 1e-3 * rng.standard_normal(
+            (block, 4)
+        )
+    n = 200
+    lazy, _, pairs = run_schedule(features, n, 1)
+    plain = assert_schedules_agree(features, n)
+    np.testing.assert_array_equal(lazy, plain)
+    assert sorted((lazy[:4] // block).tolist()) == [0, 1, 2, 3]
+    assert (lazy[4:] < block).all()
+    # Block 0 needs every pick; each cluster needs at most the first few.
+    assert pairs <= n + 3 * 8, f"{pairs} of {4 * n} pairs computed"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_dims", [1, 3, 4, 5, 8, 33, 128])
+def test_distance_helpers_agree_bitwise(dtype, n_dims):
+    rng = np.random.default_rng(n_dims)
+    panel = (100.0 * rng.standard_normal((n_dims, 64))).astype(dtype)
+    centres = (100.0 * rng.standard_normal((3, n_dims))).astype(dtype)
+    exact = ((panel.T[None].astype(np.float64) - centres[:, None]) ** 2).sum(axis=-1)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for lo, hi in [(0, 64), (16, 48), (40, 41)]:
+        one = np.empty((3, hi - lo), dtype)
+        for j in range(3):
+            _coreset._squared_distances_one(panel, lo, hi, centres[j], one[j])
+        two = np.empty((2, hi - lo), dtype)
+        _coreset._squared_distances_two(panel, lo, hi, centres[:2], two)
+        three = np.empty((3, hi - lo), dtype)
+        _coreset._squared_distances_three(panel, lo, hi, centres, three)
+        np.testing.assert_array_equal(two, one[:2])
+        np.testing.assert_array_equal(three, one)
+        np.testing.assert_allclose(one, exact[:, lo:hi], rtol=rtol)
+
+
 def test_blas_thread_count_does_not_change_projection():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     features = np.random.default_rng(10).standard_normal((4096, 300)).astype(np.float32)
@@ -203,9 +372,10 @@ def test_blas_thread_count_does_not_change_projection():
 
 def test_progress_bar_gives_same_picks():
     pytest.importorskip("tqdm")
-    features = np.random.default_rng(11).standard_normal((500, 6))
-    plain = greedy_coreset(features, n=150)
-    with_bar = greedy_coreset(features, n=150, progress=True)
+    # Three blocks and four kernel calls, so stale blocks carry over between calls.
+    features = np.random.default_rng(11).standard_normal((2500, 6))
+    plain = greedy_coreset(features, n=200)
+    with_bar = greedy_coreset(features, n=200, progress=True)
     np.testing.assert_array_equal(plain, with_bar)
 
 
@@ -267,3 +437,9 @@ def test_invalid_features_raise():
         greedy_coreset(np.empty((0, 4)), n=0)
     with pytest.raises(TypeError, match="features must be a numeric array"):
         greedy_coreset("features", n=2)
+
+
+def test_huge_feature_values_are_rejected():
+    features = np.random.default_rng(0).standard_normal((20, 4)) * 1e154
+    with pytest.raises(ValueError, match="features contains values up to .* at most 1e\\+18"):
+        greedy_coreset(features, n=5)
