@@ -7,6 +7,7 @@ All kernels are compiled lazily (on first call) and cached on disk, so
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from collections.abc import Iterator
 
@@ -54,8 +55,9 @@ def resolve_n_jobs(n_jobs: int | None) -> int:
     available = numba.config.NUMBA_NUM_THREADS
     if n_jobs is None:
         return numba.get_num_threads()
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int,)):
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral):
         raise TypeError(f"n_jobs must be an int or None, but got {n_jobs!r}.")
+    n_jobs = int(n_jobs)
     if n_jobs == 0:
         raise ValueError("n_jobs must be a nonzero int or None, but got 0.")
     if n_jobs < 0:

@@ -12,6 +12,16 @@ from typing import Any
 
 import numpy as np
 
+# Largest coordinate magnitude that geometry kernels accept. Squared distances between
+# points this far apart, summed over any practical number of dimensions, stay far below
+# the float64 maximum (about 1.8e308), so no distance or covariance overflows to inf.
+MAX_COORDINATE = 1e100
+
+# Integers handed to Numba kernels must fit in int64, and a float stands for an int
+# only while it is exact (below 2**53).
+_INT64_MAX = 2**63 - 1
+_EXACT_FLOAT_INT = 2**53
+
 
 def _describe(value: Any) -> str:
     if isinstance(value, np.ndarray):
@@ -41,6 +51,28 @@ def as_float_array(value: Any, name: str) -> np.ndarray:
     elif array.dtype not in (np.float32, np.float64):
         array = array.astype(np.float64)
     return array
+
+
+def largest_magnitude(array: np.ndarray) -> float:
+    """Return the largest absolute value in ``array``, ignoring NaN (0 when none)."""
+    high = np.fmax.reduce(array, axis=None, initial=-np.inf)
+    low = np.fmin.reduce(array, axis=None, initial=np.inf)
+    if high < low:  # empty, or every value is NaN
+        return 0.0
+    return float(max(abs(high), abs(low)))
+
+
+def check_magnitude(
+    array: np.ndarray, name: str, limit: float = MAX_COORDINATE
+) -> None:
+    """Raise ValueError if a value of ``array`` exceeds ``limit`` in magnitude."""
+    largest = largest_magnitude(array)
+    if largest > limit:
+        raise ValueError(
+            f"{name} contains values up to {largest:.3g} in magnitude, but at most "
+            f"{limit:.0e} is supported, because distances between larger values "
+            "overflow. Rescale them."
+        )
 
 
 def check_points(
@@ -79,6 +111,7 @@ def check_points(
             f"{name} contains NaN in {bad} of {array.shape[0]} rows. Drop the missing "
             "points first, e.g. points[~np.isnan(points).any(axis=1)]."
         )
+    check_magnitude(array, name)
     valid = array.shape[0] if not allow_nan else int((~np.isnan(array).any(axis=1)).sum())
     if valid < min_points:
         raise ValueError(
@@ -101,6 +134,7 @@ def check_organized(xyz: Any, name: str = "xyz", *, min_valid: int = 0) -> np.nd
         raise ValueError(
             f"{name} contains infinite values. Mark missing points with NaN instead."
         )
+    check_magnitude(array, name)
     if min_valid:
         valid = int((~np.isnan(array).any(axis=2)).sum())
         if valid < min_valid:
@@ -134,6 +168,12 @@ def check_features(
             f"{name} contains NaN or infinite values in {bad} rows. Features must be "
             "finite; drop the rows of missing patches first."
         )
+    largest = largest_magnitude(array)
+    if largest > float(np.finfo(np.float32).max):
+        raise ValueError(
+            f"{name} contains values up to {largest:.3g} in magnitude, beyond the "
+            "float32 range (3.4e38) that features are stored in. Rescale them."
+        )
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -151,18 +191,37 @@ def check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
 def check_int(
     value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
-    """Check an integer in ``[minimum, maximum]`` and return it as int."""
+    """Check an integer in ``[minimum, maximum]`` and return it as int.
+
+    A float is accepted when it is an exact integer below 2**53. Values outside the
+    int64 range are rejected even without ``maximum``, because kernels take int64.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, float) and value.is_integer():
+        if (
+            isinstance(value, float)
+            and value.is_integer()
+            and abs(value) <= _EXACT_FLOAT_INT
+        ):
             value = int(value)
         else:
             raise TypeError(f"{name} must be an int, but got {_describe(value)}.")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, but got {value}.")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, but got {value}.")
+        raise ValueError(f"{name} must be >= {minimum}, but got {_short_int(value)}.")
+    if value < -_INT64_MAX - 1:
+        raise ValueError(
+            f"{name} must be >= {-_INT64_MAX - 1}, but got {_short_int(value)}."
+        )
+    if maximum is None or maximum > _INT64_MAX:
+        maximum = _INT64_MAX
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, but got {_short_int(value)}.")
     return value
+
+
+def _short_int(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{value:.3e}"
 
 
 def check_seed(seed: Any, name: str = "seed") -> int:

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ._validation import check_int, check_positive
+from ._validation import check_int, check_organized, check_positive, check_viewpoint
 
 logger = logging.getLogger(__name__)
 
@@ -235,9 +235,7 @@ class FPFHBackend:
         self.search = search
         self.grid = check_int(grid, "grid", minimum=1)
         self.pool_kernel = check_int(pool_kernel, "pool_kernel", minimum=1)
-        self.viewpoint = tuple(float(v) for v in viewpoint)
-        if len(self.viewpoint) != 3:
-            raise ValueError(f"viewpoint must have 3 values, but got {viewpoint!r}.")
+        self.viewpoint = tuple(float(v) for v in check_viewpoint(viewpoint))
 
     def config(self) -> dict[str, Any]:
         return {
@@ -287,12 +285,23 @@ class FPFHBackend:
                 "the fpfh backend needs the xyz modality, but the sample has none. "
                 "Load the dataset with modalities that include 'xyz'."
             )
+        xyz = check_organized(xyz, "xyz")
         valid = ~np.isnan(xyz).any(axis=2)
         if valid.sum() < self.normal_max_nn:
+            where = " ".join(
+                str(part)
+                for part in (
+                    getattr(sample, "class_name", ""),
+                    getattr(sample, "name", ""),
+                    f"({sample.path})" if getattr(sample, "path", None) else "",
+                )
+                if part
+            )
+            described = f"sample {where}" if where else "the sample"
             raise ValueError(
-                f"sample {getattr(sample, 'name', '')!r} has {int(valid.sum())} valid "
-                f"points after preprocessing, fewer than normal_max_nn="
-                f"{self.normal_max_nn}; check the background removal settings."
+                f"{described} has {int(valid.sum())} valid points after "
+                f"preprocessing, fewer than normal_max_nn={self.normal_max_nn}; check "
+                "the background removal settings."
             )
         feature_map = self.point_features(xyz)
         features, patch_valid = pool_patch_features(

@@ -19,6 +19,16 @@ EXIT_INPUT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line on stderr, like other errors."""
+
+    def error(self, message: str):
+        self.exit(
+            EXIT_INPUT_ERROR,
+            f"zal3d: error: {message}. Run '{self.prog} --help' for the options.\n",
+        )
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -76,7 +86,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-reweight", type=int, default=3,
                         help="PatchCore re-weighting support size; 1 disables (default: 3)")
     parser.add_argument("--sigma", type=float, default=4.0,
-                        help="Gaussian blur of anomaly maps in pixels (default: 4)")
+                        help="Gaussian blur of anomaly maps in pixels, at most 4 times "
+                             "--size (default: 4)")
     parser.add_argument("--size", type=_size, default=224,
                         help="side of the resized samples in pixels (default: 224)")
     parser.add_argument("--no-plane-removal", action="store_true",
@@ -108,7 +119,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``zal3d`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zal3d",
         description="Zero-shot 3D anomaly detection and localization (3DzAL, BTF).",
     )
@@ -212,7 +223,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def _methods(args: argparse.Namespace) -> list[str]:
     if args.backend:
         return [args.backend]
-    return [m.strip() for m in args.method.split(",") if m.strip()]
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if not methods:
+        raise ValueError(
+            f"--method names no method (got {args.method!r}); pass e.g. --method btf."
+        )
+    return methods
 
 
 def _backend_config(args: argparse.Namespace, methods: Sequence[str]) -> dict[str, dict]:
@@ -333,12 +349,20 @@ def _command_fit(args: argparse.Namespace) -> int:
 def _command_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .io import atomic_save_npz, atomic_write_text, read_organized, write_png
+    from .io import (
+        atomic_save_npz,
+        atomic_write_text,
+        make_folder,
+        read_organized,
+        write_png,
+    )
     from .model import ZeroShotModel
     from .report import colorize, csv_text
 
     model = ZeroShotModel.load(args.model)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.input is not None:
+        _check_distinct_stems(args.input)
+    make_folder(args.out, "--out")
     if args.data_root is not None:
         from .runner import FeatureCache, RunConfig, _evaluate_class, default_cache_dir
         from .backend import backend_digest
@@ -386,6 +410,19 @@ def _command_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_distinct_stems(paths: Sequence[Path]) -> None:
+    """Raise ValueError if two inputs would write the same output files."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise ValueError(
+                f"--input files {seen[path.stem]} and {path} share the name "
+                f"{path.stem!r}, so their anomaly maps would overwrite each other in "
+                "--out. Score them in separate runs or rename one."
+            )
+        seen[path.stem] = path
+
+
 def _command_backends(args: argparse.Namespace) -> int:
     from .backend import available_backends
 
@@ -413,6 +450,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zal3d: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError as error:
+        if args.debug:
+            raise
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(
+            f"zal3d: error: out of memory{': ' + detail if detail else ''}. Use a "
+            "smaller --size or fewer samples.",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT_ERROR
     except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, ImportError,
             PermissionError, RuntimeError, OSError) as error:
         if args.debug:

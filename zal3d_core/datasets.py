@@ -389,9 +389,16 @@ class MVTec3D:
         return self.root / class_name / split
 
     def defect_types(self, class_name: str, split: str = "test") -> list[str]:
-        """Return the sorted defect folder names of one split (``good`` included)."""
+        """Return the sorted defect folder names of one split (``good`` included).
+
+        Hidden folders (names starting with ".") are left out.
+        """
         folder = self._split_folder(class_name, split)
-        return sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+        return sorted(
+            entry.name
+            for entry in folder.iterdir()
+            if entry.is_dir() and not entry.name.startswith(".")
+        )
 
     def _select_defects(self, class_name: str, split: str, defects: Any) -> list[str]:
         known = self.defect_types(class_name, split)
@@ -415,6 +422,11 @@ class MVTec3D:
                 continue
             for extension in reversed(_EXTENSIONS[modality]):
                 for path in modality_folder.glob(f"*{extension}"):
+                    # Hidden files such as macOS "._000.tiff" resource forks, and
+                    # folders that happen to end in an extension, are not samples.
+                    if path.name.startswith(".") or not path.is_file():
+                        logger.debug("skipping %s: not a sample file", path)
+                        continue
                     files.setdefault(path.stem, {})[modality] = path
         return [
             SampleRecord(

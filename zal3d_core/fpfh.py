@@ -114,8 +114,8 @@ def compute_fpfh(
         second normal and the pair's plane, and the angle between the first normal and
         the joining line. Each block of a point with at least one neighbour sums to
         200, or to 100 when all its neighbours coincide with it (then only its own
-        SPFH remains, as in Open3D 0.20). A point without neighbour, or a missing
-        point, gets zeros.
+        SPFH remains, as in Open3D 0.20). Neighbours closer than about 1e-145 count
+        as coinciding. A point without neighbour, or a missing point, gets zeros.
 
     Raises
     ------
@@ -199,7 +199,7 @@ def compute_fpfh_organized(
     window : int, optional
         Half width of the image window, >= 1. ``None`` picks it from ``radius`` and
         the pixel pitch as :func:`~zal3d_core.normals.estimate_normals_organized`
-        does.
+        does. Values above ``max(H, W)`` act as ``max(H, W)``.
 
     Returns
     -------

@@ -40,7 +40,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ._validation import check_organized
+from ._validation import check_organized, largest_magnitude
 
 __all__ = [
     "atomic_save_npz",
@@ -437,6 +437,8 @@ def _read_array_file(path: Path) -> np.ndarray:
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             keys = list(loaded.files)
+            if not keys:
+                raise _invalid_file(path, "NPZ", "the archive contains no arrays")
             if "xyz" in keys:
                 key = "xyz"
             elif len(keys) == 1:
@@ -450,6 +452,9 @@ def _read_array_file(path: Path) -> np.ndarray:
                 array = loaded[key]
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
                 raise _invalid_file(path, "NPZ", str(error)) from None
+        if not isinstance(array, np.ndarray):
+            # NumPy returns the raw bytes of archive members that are not .npy files.
+            raise _invalid_file(path, "NPZ", f"the member {key!r} is not a .npy array")
     else:
         array = loaded
     _check_numeric_array(array, path)
@@ -490,6 +495,11 @@ def _read_ply(path: Path) -> np.ndarray:
         IndexError,
     ) as error:
         raise _invalid_file(path, "PLY", f"{type(error).__name__}: {error}") from None
+    except MemoryError:
+        # plyfile allocates the element count from the header before reading data.
+        raise _invalid_file(
+            path, "PLY", "its header declares more vertices than fit in memory"
+        ) from None
     return np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
 
 
@@ -615,7 +625,11 @@ def _open_image(path: Path):
         ValueError,
         struct.error,
     ) as error:
-        raise _invalid_file(path, "image", f"{type(error).__name__}: {error}") from None
+        detail = f"{type(error).__name__}: {error}"
+        if path.suffix.lower() in TIFF_EXTENSIONS:
+            # Pillow cannot open float32 x, y, z tiffs such as MVTec 3D-AD's xyz files.
+            detail += "; if it is an xyz tiff, read it with read_organized"
+        raise _invalid_file(path, "image", detail) from None
     return image
 
 
@@ -702,6 +716,26 @@ def flatten_organized(xyz: Any) -> tuple[np.ndarray, np.ndarray]:
 # Atomic writers
 
 
+def make_folder(path: Any, name: str = "folder") -> Path:
+    """Create the folder ``path`` and its parents, and return it as a Path.
+
+    Raises NotADirectoryError, naming ``name``, when ``path`` or one of its parents is
+    an existing file.
+    """
+    path = _as_path(path, name)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(
+            f"{name} {path} is a file, not a folder. Pass a folder path."
+        ) from None
+    except NotADirectoryError:
+        raise NotADirectoryError(
+            f"Cannot create {name} {path}: part of the path is a file, not a folder."
+        ) from None
+    return path
+
+
 def _fsync_folder(folder: Path) -> None:
     # Makes the rename itself durable. Not every platform can open a folder (Windows
     # cannot), and there the rename is still atomic, only not yet flushed.
@@ -745,7 +779,15 @@ def _atomic_open(path: Any) -> Iterator[IO[bytes]]:
     """
     path = _as_path(path)
     folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"Cannot write {path}: it is a folder. Pass a file name inside it."
+        )
     if not folder.is_dir():
+        if folder.exists():
+            raise NotADirectoryError(
+                f"Cannot write {path}: {folder} is a file, not a folder."
+            )
         raise FileNotFoundError(
             f"Cannot write {path}: the folder {folder} does not exist. Create it first."
         )
@@ -809,7 +851,13 @@ def atomic_write_text(
             f"text must be a str, but got {type(text).__name__}. Use atomic_write_bytes "
             "for bytes."
         )
-    return atomic_write_bytes(path, text.encode(encoding))
+    try:
+        data = text.encode(encoding)
+    except LookupError:
+        raise ValueError(
+            f"encoding {encoding!r} is not a known text encoding. Use e.g. 'utf-8'."
+        ) from None
+    return atomic_write_bytes(path, data)
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
@@ -854,11 +902,18 @@ def write_organized_tiff(path: str | os.PathLike, xyz: Any) -> Path:
     Raises
     ------
     ValueError
-        If ``xyz`` does not have shape (H, W, 3) or contains infinite values.
+        If ``xyz`` does not have shape (H, W, 3), contains infinite values, or values
+        beyond the float32 range (3.4e38) that the file stores.
     """
     import tifffile
 
     xyz = check_organized(xyz, "xyz")
+    largest = largest_magnitude(xyz)
+    if largest > float(np.finfo(np.float32).max):
+        raise ValueError(
+            f"xyz contains values up to {largest:.3g} in magnitude, beyond the float32 "
+            "range (3.4e38) of the tiff. Rescale the cloud before writing it."
+        )
     data = np.nan_to_num(np.asarray(xyz, dtype=np.float32), nan=0.0)
     with _atomic_open(path) as stream:
         tifffile.imwrite(stream, np.ascontiguousarray(data), photometric="rgb")

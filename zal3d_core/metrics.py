@@ -44,7 +44,10 @@ def _check_binary(value: Any, name: str) -> np.ndarray:
         raise TypeError(
             f"{name} must be a binary array, but got {type(value).__name__}."
         )
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # ragged nested lists
+        raise TypeError(f"{name} must be a binary array: {error}") from None
     if array.dtype == np.bool_:
         return array
     if not (

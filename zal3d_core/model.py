@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import time
@@ -17,7 +18,7 @@ import numpy as np
 from ._version import __version__
 from .backend import FeatureBackend, PatchFeatures, backend_digest, get_backend
 from .coreset import greedy_coreset
-from .scoring import anomaly_map, nearest_neighbor_scores
+from .scoring import MAX_SIGMA_PER_SIDE, anomaly_map, nearest_neighbor_scores
 from ._validation import check_int, check_positive, check_seed
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,31 @@ class Prediction:
     anomaly_map: np.ndarray
     image_score: float
     patch_scores: np.ndarray
+
+
+def _check_preprocess(preprocess: Any) -> dict[str, Any]:
+    """Check that the keys of ``preprocess`` are arguments of ``preprocess_sample``."""
+    from .preprocess import preprocess_sample
+
+    if preprocess is None:
+        return {}
+    if not isinstance(preprocess, dict):
+        raise TypeError(
+            f"preprocess must be a dict of preprocess_sample arguments, but got "
+            f"{type(preprocess).__name__} {preprocess!r}."[:300]
+        )
+    known = [
+        name
+        for name, parameter in inspect.signature(preprocess_sample).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(preprocess) - set(known))
+    if unknown:
+        raise ValueError(
+            f"preprocess has unknown keys {unknown}; preprocess_sample takes "
+            f"{', '.join(known)}."
+        )
+    return preprocess
 
 
 def _progress(iterable, total=None, desc=None, enabled=False):
@@ -128,7 +154,20 @@ class ZeroShotModel:
             weight_classifier, "weight_classifier", allow_zero=True
         )
         self.preprocess_config = dict(DEFAULT_PREPROCESS)
-        self.preprocess_config.update(preprocess or {})
+        self.preprocess_config.update(_check_preprocess(preprocess))
+        size = self.preprocess_config.get("size")
+        if size is not None:
+            # The same bound as anomaly_map, checked here so that a bad sigma fails
+            # before fitting rather than at the first prediction.
+            from .preprocess import _check_size
+
+            largest = MAX_SIGMA_PER_SIDE * max(_check_size(size))
+            if self.sigma > largest:
+                raise ValueError(
+                    f"sigma must be at most {MAX_SIGMA_PER_SIDE} times the larger side "
+                    f"of the preprocessed samples, {largest} pixels, but got "
+                    f"{sigma!r}. Typical values are 2 to 8 pixels."
+                )
         self.bank: np.ndarray | None = None
         self.distance_scale = 1.0
         self.fit_info: dict[str, Any] = {}
@@ -318,9 +357,14 @@ class ZeroShotModel:
         The file is written to a temporary name and renamed, so an interrupted save
         leaves an existing file intact.
         """
-        from .io import atomic_save_npz
+        from .io import atomic_save_npz, make_folder
 
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"Cannot save the model to {path}: it is a folder. Pass a file name, "
+                f"e.g. {path / 'model.npz'}."
+            )
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         arrays: dict[str, np.ndarray] = {"bank": self._require_fitted()}
@@ -328,7 +372,7 @@ class ZeroShotModel:
         if callable(state):
             for key, value in state().items():
                 arrays[f"backend.{key}"] = np.asarray(value)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent, "model folder")
         meta = json.dumps(self._metadata(), sort_keys=True)
         arrays["metadata"] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
         atomic_save_npz(path, **arrays)
@@ -348,11 +392,19 @@ class ZeroShotModel:
             format version this release cannot read.
         """
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"model file {path} is a folder. Pass the .npz file written by "
+                "ZeroShotModel.save or `zal3d fit`."
+            )
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("it contains a single array, not an .npz archive")
+            with loaded:
+                arrays = {key: loaded[key] for key in loaded.files}
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as error:
             raise ValueError(
                 f"{path} is not a valid zal3d model file (truncated, corrupted or of "
@@ -367,6 +419,11 @@ class ZeroShotModel:
             meta = json.loads(arrays.pop("metadata").tobytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{path} has corrupted metadata: {error}") from None
+        if not isinstance(meta, dict):
+            raise ValueError(
+                f"{path} has corrupted metadata: expected a JSON object, but got "
+                f"{type(meta).__name__}."
+            )
         if meta.get("format") != MODEL_FORMAT:
             raise ValueError(
                 f"{path} is not a zal3d model file (format {meta.get('format')!r})."
@@ -379,22 +436,32 @@ class ZeroShotModel:
                 "model with this release or install the release that wrote it "
                 f"(zal3d {meta.get('zal3d_version', 'unknown')})."
             )
-        bank = np.ascontiguousarray(arrays.pop("bank"), dtype=np.float32)
+        _check_metadata(meta, path)
+        bank = arrays.pop("bank")
+        if bank.ndim != 2 or not np.issubdtype(bank.dtype, np.floating):
+            raise ValueError(
+                f"{path} is corrupted: the memory bank must be a 2-D float array, but "
+                f"it has shape {bank.shape} and dtype {bank.dtype}."
+            )
+        bank = np.ascontiguousarray(bank, dtype=np.float32)
         if hashlib.sha256(bank.tobytes()).hexdigest() != meta.get("bank_sha256"):
             raise ValueError(f"{path} is corrupted: the memory bank checksum does not match.")
-        model = cls(
-            meta["backend"],
-            meta.get("backend_config") or {},
-            coreset_ratio=meta["coreset_ratio"],
-            coreset_n=meta.get("coreset_n"),
-            projection_dim=meta["projection_dim"],
-            seed=meta["seed"],
-            n_reweight=meta["n_reweight"],
-            sigma=meta["sigma"],
-            weight_distance=meta.get("weight_distance", 1.0),
-            weight_classifier=meta.get("weight_classifier", 1.0),
-            preprocess=meta.get("preprocess"),
-        )
+        try:
+            model = cls(
+                meta["backend"],
+                meta.get("backend_config") or {},
+                coreset_ratio=meta["coreset_ratio"],
+                coreset_n=meta.get("coreset_n"),
+                projection_dim=meta["projection_dim"],
+                seed=meta["seed"],
+                n_reweight=meta["n_reweight"],
+                sigma=meta["sigma"],
+                weight_distance=meta.get("weight_distance", 1.0),
+                weight_classifier=meta.get("weight_classifier", 1.0),
+                preprocess=meta.get("preprocess"),
+            )
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path} has invalid settings: {error}") from None
         state = {key[len("backend."):]: value for key, value in arrays.items()
                  if key.startswith("backend.")}
         load_state = getattr(model.backend, "load_state", None)
@@ -414,6 +481,50 @@ class ZeroShotModel:
         model.distance_scale = float(meta.get("distance_scale", 1.0))
         model.fit_info = meta.get("fit_info", {})
         return model
+
+
+# Metadata entries that load() reads, and the JSON types each must have. Saving writes
+# them all; missing or mistyped ones mean the file was edited or damaged.
+_REQUIRED_METADATA = {
+    "backend": (str,),
+    "coreset_ratio": (int, float),
+    "projection_dim": (int,),
+    "seed": (int,),
+    "n_reweight": (int,),
+    "sigma": (int, float),
+}
+_OPTIONAL_METADATA = {
+    "backend_config": (dict, type(None)),
+    "coreset_n": (int, type(None)),
+    "weight_distance": (int, float),
+    "weight_classifier": (int, float),
+    "preprocess": (dict, type(None)),
+    "distance_scale": (int, float),
+    "fit_info": (dict,),
+}
+
+
+def _check_metadata(meta: dict[str, Any], path: Path) -> None:
+    """Raise ValueError naming the file if an entry is missing or has the wrong type."""
+    missing = sorted(key for key in _REQUIRED_METADATA if key not in meta)
+    if missing:
+        raise ValueError(
+            f"{path} is corrupted: its metadata lacks {', '.join(missing)}. Refit the "
+            "model, or restore the file."
+        )
+    for table in (_REQUIRED_METADATA, _OPTIONAL_METADATA):
+        for key, types in table.items():
+            if key not in meta:
+                continue
+            value = meta[key]
+            if isinstance(value, bool) or not isinstance(value, types):
+                expected = " or ".join(
+                    "null" if t is type(None) else t.__name__ for t in types
+                )
+                raise ValueError(
+                    f"{path} is corrupted: metadata entry {key!r} must be {expected}, "
+                    f"but got {type(value).__name__} {value!r}."[:400]
+                )
 
 
 def _nanmax(values: np.ndarray) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,13 @@ class KDTree:
                 f"k={k} is larger than the number of points in the tree ({self.n}). "
                 f"Pass k <= {self.n}, or use query_radius to get every neighbour "
                 "within a distance."
+            )
+        if isinstance(distance_upper_bound, bool) or not isinstance(
+            distance_upper_bound, numbers.Real
+        ):
+            raise TypeError(
+                "distance_upper_bound must be a real number, but got "
+                f"{type(distance_upper_bound).__name__} {distance_upper_bound!r}."
             )
         bound = float(distance_upper_bound)
         if not bound > 0:

@@ -227,7 +227,15 @@ def median_point_spacing(points_or_xyz: Any, *, n_jobs: int | None = None) -> fl
             f"measure a spacing, but got {distinct.shape[0]}. Pass a larger cloud."
         )
     distances, _ = KDTree(distinct).query(distinct, k=2, n_jobs=n_jobs)
-    return float(np.median(distances[:, 1]))
+    spacing = float(np.median(distances[:, 1]))
+    if not spacing > 0.0:
+        # Distinct points whose squared distance underflows to 0 in float64.
+        raise ValueError(
+            "points_or_xyz has distinct points, but most lie closer together than "
+            "float64 squared distances resolve (below about 1e-154), so the spacing "
+            "is 0. Rescale the coordinates."
+        )
+    return spacing
 
 
 def window_half_width(radius: float, pitch: float) -> int:
@@ -269,6 +277,10 @@ def _check_cloud(points: Any, name: str = "points") -> tuple[np.ndarray, np.ndar
     """Check an (N, 3) cloud that may hold NaN rows; return it and its valid mask."""
     points = check_points(points, name, allow_nan=True, min_points=0)
     valid = ~np.isnan(points).any(axis=1)
+    if points.shape[0] == 0:
+        raise ValueError(
+            f"{name} is empty (shape {points.shape}). Pass at least one point."
+        )
     if not valid.any():
         raise ValueError(
             f"{name} must contain at least one valid point, but all {points.shape[0]} "
@@ -289,9 +301,14 @@ def _check_search(search: Any, window: Any) -> tuple[str, int | None]:
 
 
 def resolve_window(xyz: np.ndarray, radius: float, window: int | None) -> int:
-    """Return ``window`` or, when it is None, the automatic half width for ``xyz``."""
+    """Return ``window`` or, when it is None, the automatic half width for ``xyz``.
+
+    A window wider than the image covers the same pixels as one of half width
+    ``max(H, W)``, so larger values are clamped to that: the kernels size their buffers
+    by the window, and an unclamped huge window would overflow them.
+    """
     if window is not None:
-        return window
+        return min(window, max(xyz.shape[0], xyz.shape[1]))
     pitch = window_pitch(xyz)
     # NOTE: an image upsampled with nearest-neighbour interpolation repeats pixels,
     # whose zero distances are left out of the pitch, so its automatic window covers
@@ -370,10 +387,16 @@ def estimate_normals(
     -----
     The covariance is accumulated in float64 on offsets from each point, after the
     cloud is centred in float64, so scans far from the origin keep their precision.
+    Float32 input keeps only the precision of its own values: near 5e5 a float32
+    coordinate is a multiple of 2**-5, so pass such clouds as float64.
+
     A point with fewer than 3 neighbours (itself included), or whose neighbours all
     coincide with it, gets the normal (0, 0, 1) without orientation and curvature 0,
-    as Open3D 0.20 ``estimate_normals`` does. Given the same neighbours, and where the
-    smallest eigenvalue is not repeated, the normals agree with Open3D's up to sign.
+    as Open3D 0.20 ``estimate_normals`` does. Neighbours within about 1e-145 of each
+    other count as coinciding, because float64 products of such offsets underflow.
+    Coordinates must be at most 1e100 in magnitude. Given the same neighbours, and
+    where the smallest eigenvalue is not repeated, the normals agree with Open3D's up
+    to sign.
 
     Examples
     --------
@@ -440,7 +463,8 @@ def estimate_normals_organized(
         Half width of the image window, >= 1. ``None`` takes
         ``ceil(1.5 * radius / pitch)`` between 1 and 32, where the pitch is the smaller
         of the median horizontal and the median vertical distance between adjacent
-        valid pixels (:func:`window_pitch`). Ignored by ``search="tree"``.
+        valid pixels (:func:`window_pitch`). Values above ``max(H, W)`` act as
+        ``max(H, W)``. Ignored by ``search="tree"``.
 
     Returns
     -------

@@ -23,6 +23,7 @@ from ._validation import (
     check_int,
     check_organized,
     check_points,
+    largest_magnitude,
 )
 from .neighbors import KDTree
 
@@ -190,8 +191,9 @@ def pool_patch_features(
     Raises
     ------
     ValueError
-        If shapes do not match, a valid pixel has a NaN or infinite feature, the
-        kernel is larger than the image, or the grid is larger than the pooled map.
+        If shapes do not match, a valid pixel has a NaN or infinite feature, a patch
+        average exceeds the float32 range, the kernel is larger than the image, or
+        the grid is larger than the pooled map.
     TypeError
         If ``valid`` is not boolean or ``feature_map`` is not numeric.
 
@@ -246,7 +248,15 @@ def pool_patch_features(
         # Separable weights: rows first (H -> gh), then columns (W -> gw).
         by_rows = np.tensordot(row_weights, part, axes=(1, 0))
         pooled = np.tensordot(by_rows, column_weights, axes=(1, 1))
-        features[:, :, first : first + block] = pooled.transpose(0, 2, 1)
+        with np.errstate(over="ignore"):  # checked below
+            features[:, :, first : first + block] = pooled.transpose(0, 2, 1)
+    if not np.isfinite(features).all():
+        # Finite float64 features whose averages exceed the float32 output range.
+        raise ValueError(
+            "feature_map has values at valid pixels whose patch averages exceed the "
+            f"float32 range (3.4e38), up to {largest_magnitude(feature_map):.3g} in "
+            "magnitude. Rescale the features."
+        )
 
     counts = np.zeros((height + 1, width + 1), np.int64)
     counts[1:, 1:] = valid.cumsum(axis=0).cumsum(axis=1)

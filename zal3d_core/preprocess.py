@@ -60,6 +60,9 @@ MAD_TO_SIGMA = 1.4826
 # median 4-neighbour spacings.
 AUTO_CLUSTER_SPACINGS = 5.0
 
+# Largest side accepted by the resize functions: Pillow 13 stores image sizes as C int.
+MAX_SIZE = 2**31 - 1
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PlaneFit:
@@ -139,6 +142,11 @@ def _check_size(size: Any) -> tuple[int, int]:
         )
     if height < 1 or width < 1:
         raise ValueError(f"size must be >= 1 in each dimension, but got {size!r}.")
+    if max(height, width) > MAX_SIZE:
+        raise ValueError(
+            f"size must be at most {MAX_SIZE} pixels in each dimension, the limit of "
+            f"Pillow's image sizes, but got {size!r}."
+        )
     return height, width
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ._version import __version__
 from .backend import PatchFeatures, backend_digest, get_backend
+from .io import make_folder
 from .model import ZeroShotModel
 from .report import csv_text, heatmap_panel, markdown_tables
 
@@ -325,8 +326,11 @@ def run_zero_shot(config: RunConfig) -> dict[str, Any]:
                 f"backend ({', '.join(available_backends())})."
             )
 
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not config.methods:
+        raise ValueError(
+            "methods is empty; pass at least one method, e.g. 'btf' or '3dzal'."
+        )
+    out_dir = make_folder(config.out_dir, "out_dir")
     cache = FeatureCache(config.cache_dir or default_cache_dir(), enabled=config.use_cache)
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}

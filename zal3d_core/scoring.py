@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from ._kernels import _knn
 from ._numba import num_threads
-from ._validation import as_float_array, check_int, check_positive
+from ._validation import as_float_array, check_int, check_magnitude, check_positive
 from .coreset import check_feature_rows
 
 __all__ = ["anomaly_map", "image_score", "nearest_neighbor_scores"]
@@ -28,6 +28,21 @@ DEFAULT_BLOCK_SIZE = 2048
 EXTRA_CANDIDATES = 3
 CANDIDATE_GROWTH = 16
 MAX_CANDIDATES = 1024
+
+# Largest Gaussian blur, in multiples of the larger map side. A blur that wide already
+# gives a nearly constant map, while scipy's filter time and kernel size grow linearly
+# with sigma: about 0.5 s per 1000 pixels of sigma on a 224 x 224 map (2 CPU cores),
+# and a 60 GiB kernel at sigma 1e9. Larger values are rejected.
+MAX_SIGMA_PER_SIDE = 4
+
+# Largest feature magnitude accepted. Distances between such rows, over up to 1e12
+# columns, stay below 1e25, far inside the float32 range of the returned scores.
+MAX_FEATURE = 1e18
+
+# A float32 dot product is at most |p| |m| (Cauchy-Schwarz), so below this product of
+# row norms every Gram entry is finite (float32 reaches 3.4e38). Larger rows skip the
+# float32 pass and are searched by the float64 scan alone.
+GRAM_NORM_LIMIT = 1e37
 
 
 def nearest_neighbor_scores(
@@ -83,8 +98,9 @@ def nearest_neighbor_scores(
     Raises
     ------
     ValueError
-        If the arrays are not finite 2-D arrays with the same number of columns, the
-        bank is empty, or ``n_reweight`` or ``block_size`` is below 1.
+        If the arrays are not finite 2-D arrays with the same number of columns, a
+        value exceeds 1e18 in magnitude (scores are float32), the bank is empty, or
+        ``n_reweight`` or ``block_size`` is below 1.
     TypeError
         If an argument has the wrong type.
 
@@ -98,9 +114,11 @@ def nearest_neighbor_scores(
     bound decides whether they suffice. Where more bank rows lie within rounding of
     the nearest, the search retries with up to 1024 candidates and then scans the
     bank in float64 for that query, which costs ``n_bank * n_features`` operations
-    per query. A float64 bank is copied to float32 for the BLAS pass, so pass float32
-    to avoid the copy. Memory beyond the inputs is one Gram block, 16 MiB by
-    default, plus a few values per query.
+    per query. Rows whose norms multiply to more than 1e37 would overflow the float32
+    products, so such inputs are scanned in float64 throughout. A float64 bank is
+    copied to float32 for the BLAS pass, so pass float32 to avoid the copy. Memory
+    beyond the inputs is one Gram block, 16 MiB by default, plus a few values per
+    query.
 
     Examples
     --------
@@ -113,6 +131,8 @@ def nearest_neighbor_scores(
     """
     query_rows = check_feature_rows(queries, "queries", min_rows=0)
     bank_rows = check_feature_rows(bank, "bank", min_rows=1)
+    check_magnitude(query_rows, "queries", MAX_FEATURE)
+    check_magnitude(bank_rows, "bank", MAX_FEATURE)
     if query_rows.shape[1] != bank_rows.shape[1]:
         raise ValueError(
             f"queries must have as many columns as bank ({bank_rows.shape[1]}), but "
@@ -168,7 +188,8 @@ def _search_supports(
         return np.empty((0, support_size), np.intp), np.empty((0, support_size))
 
     bank_search = _BankSearch(bank, block_size)
-    queries32 = np.ascontiguousarray(queries, np.float32)
+    with np.errstate(over="ignore"):  # rows beyond float32 are scanned in float64
+        queries32 = np.ascontiguousarray(queries, np.float32)
     query_rows = np.arange(n_queries)
     nearest, _ = bank_search.nearest(
         queries,
@@ -216,7 +237,8 @@ class _BankSearch:
 
     def __init__(self, bank: np.ndarray, block_size: int):
         self.bank = bank
-        self.bank32 = np.ascontiguousarray(bank, np.float32)
+        with np.errstate(over="ignore"):  # rows beyond float32 are scanned in float64
+            self.bank32 = np.ascontiguousarray(bank, np.float32)
         self.bank_norms = _sq_norms(self.bank32)
         self.block_size = block_size
         self.max_norm = float(np.sqrt(self.bank_norms.max()))
@@ -246,6 +268,10 @@ class _BankSearch:
 
         pending = np.arange(n_points)
         width = min(available, k + EXTRA_CANDIDATES)
+        if not np.sqrt(norms.max()) * self.max_norm <= GRAM_NORM_LIMIT:
+            # Gram entries could overflow float32 (or a float64 row did not fit in
+            # float32 at all): skip straight to the exact float64 scan.
+            width = MAX_CANDIDATES + 1
         while pending.size and width <= MAX_CANDIDATES:
             unresolved = []
             chunk_size = max(1, 2**20 // width)
@@ -392,7 +418,8 @@ def anomaly_map(
     valid : array-like of bool, shape (H, W), optional
         Pixels that hold a point; the others become NaN. ``None`` keeps all pixels.
     sigma : float, default 4.0
-        Standard deviation of the Gaussian blur in output pixels; 0 disables it.
+        Standard deviation of the Gaussian blur in output pixels; 0 disables it. At
+        most ``4 * max(H, W)`` (``MAX_SIGMA_PER_SIDE`` times the larger side).
 
     Returns
     -------
@@ -402,7 +429,8 @@ def anomaly_map(
     Raises
     ------
     ValueError
-        If the shapes do not match, a score is infinite, or ``sigma < 0``.
+        If the shapes do not match, a score is infinite, or ``sigma`` is outside
+        ``[0, 4 * max(H, W)]``.
     TypeError
         If ``valid`` is not boolean, or a shape is not a pair of ints.
 
@@ -416,6 +444,12 @@ def anomaly_map(
     grid_rows, grid_cols = _check_pair(patch_grid, "patch_grid")
     height, width = _check_pair(image_shape, "image_shape")
     sigma = check_positive(sigma, "sigma", allow_zero=True)
+    if sigma > MAX_SIGMA_PER_SIDE * max(height, width):
+        raise ValueError(
+            f"sigma must be at most {MAX_SIGMA_PER_SIDE} times the larger side of "
+            f"image_shape {(height, width)}, {MAX_SIGMA_PER_SIDE * max(height, width)} "
+            f"pixels, but got {sigma!r}. Typical values are 2 to 8 pixels."
+        )
     scores = np.asarray(as_float_array(patch_scores, "patch_scores"), np.float64)
     if scores.shape == (grid_rows * grid_cols,):
         scores = scores.reshape(grid_rows, grid_cols)
@@ -481,8 +515,17 @@ def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
 
 
 def image_score(anomaly_map: Any) -> float:
-    """Return the maximum of an anomaly map over its non-NaN pixels, NaN if none."""
+    """Return the maximum of an anomaly map over its non-NaN pixels, NaN if none.
+
+    Raises ValueError if the map contains infinite values, which no anomaly map of
+    :func:`anomaly_map` holds.
+    """
     values = np.asarray(as_float_array(anomaly_map, "anomaly_map"))
+    if np.isinf(values).any():
+        raise ValueError(
+            f"anomaly_map contains {int(np.isinf(values).sum())} infinite values. Mark "
+            "pixels without a score with NaN."
+        )
     finite = values[~np.isnan(values)]
     if finite.size == 0:
         return float("nan")

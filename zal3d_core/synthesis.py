@@ -832,9 +832,18 @@ class CameraModel:
 
     def __post_init__(self) -> None:
         _check_kind_name(self.kind)
+        for name in ("fx", "fy", "cx", "cy", "depth_sign", "rms_error"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(
+                    f"{name} must be a real number, but got {type(value).__name__} "
+                    f"{value!r}."
+                )
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, but got {value!r}.")
         for name in ("fx", "fy"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value != 0.0):
+            if value == 0.0:
                 raise ValueError(f"{name} must be finite and nonzero, but got {value!r}.")
         if self.depth_sign not in (1.0, -1.0):
             raise ValueError(f"depth_sign must be +1 or -1, but got {self.depth_sign!r}.")
@@ -842,9 +851,12 @@ class CameraModel:
     def project(self, points: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Project ``(M, 3)`` points to image coordinates ``u``, ``v`` and depth.
 
-        A pinhole gives ``u = v = NaN`` for points at or behind the camera (depth <= 0).
+        A pinhole gives ``u = v = NaN`` for points at or behind the camera (depth <= 0),
+        and NaN rows give NaN.
         """
-        array = np.asarray(points, np.float64).reshape(-1, 3)
+        array = np.asarray(as_float_array(points, "points"), np.float64)
+        if array.ndim != 2 or array.shape[1] != 3:
+            raise ValueError(f"points must have shape (M, 3), but got {array.shape}.")
         x, y, z = array[:, 0], array[:, 1], array[:, 2]
         depth = self.depth_sign * z
         if self.kind == "pinhole":
@@ -858,9 +870,15 @@ class CameraModel:
 
     def back_project(self, u: Any, v: Any, depth: Any) -> np.ndarray:
         """Return the ``(M, 3)`` points at image coordinates ``u, v`` and ``depth``."""
-        u = np.asarray(u, np.float64).reshape(-1)
-        v = np.asarray(v, np.float64).reshape(-1)
-        z = self.depth_sign * np.asarray(depth, np.float64).reshape(-1)
+        u = np.asarray(as_float_array(u, "u"), np.float64).reshape(-1)
+        v = np.asarray(as_float_array(v, "v"), np.float64).reshape(-1)
+        depth = np.asarray(as_float_array(depth, "depth"), np.float64).reshape(-1)
+        if not u.shape == v.shape == depth.shape:
+            raise ValueError(
+                f"u, v and depth must have the same length, but got {u.size}, "
+                f"{v.size} and {depth.size}."
+            )
+        z = self.depth_sign * depth
         if self.kind == "pinhole":
             x = (u - self.cx) * z / self.fx
             y = (v - self.cy) * z / self.fy
@@ -1011,13 +1029,22 @@ def _estimate_normal(
     return normal
 
 
-def _fill_radius(u: np.ndarray, v: np.ndarray) -> int:
+def _fill_radius(u: np.ndarray, v: np.ndarray, shape: tuple[int, int]) -> int:
     """Return 1.5 times the median distance in pixels from a drawn point to its 4th nearest.
 
     On random points at one point per pixel this gives a radius of 2, which leaves
-    almost no hole inside the drawn region.
+    almost no hole inside the drawn region. Only points that land within
+    ``MAX_FILL_RADIUS`` pixels of the image count, because the others are never drawn.
     """
-    finite = np.isfinite(u) & np.isfinite(v)
+    margin = MAX_FILL_RADIUS
+    finite = (
+        np.isfinite(u)
+        & np.isfinite(v)
+        & (u > -margin)
+        & (u < shape[1] + margin)
+        & (v > -margin)
+        & (v < shape[0] + margin)
+    )
     if finite.sum() < 2:
         return 1
     uv = np.column_stack([u[finite], v[finite]])
@@ -1038,7 +1065,7 @@ def _render_patch(
         np.ascontiguousarray(u), np.ascontiguousarray(v), np.ascontiguousarray(depth),
         shape[0], shape[1],
     )
-    radius = _fill_radius(u, v) if fill_radius is None else fill_radius
+    radius = _fill_radius(u, v, shape) if fill_radius is None else fill_radius
     return _synthesis.fill_depth_gaps(buffer, radius, FILL_QUADRANTS)
 
 
@@ -1187,6 +1214,9 @@ def synthesize_organized(
         normals = _check_normals_array(normals, array.shape, "normals")
     if fill_radius is not None:
         fill_radius = check_int(fill_radius, "fill_radius", minimum=1)
+        # A window wider than the image sees the same pixels, and the kernel loops
+        # over the whole window, so the radius is clamped to the image.
+        fill_radius = min(fill_radius, max(height, width))
     if camera is None:
         camera = fit_camera(array)
     elif not isinstance(camera, CameraModel):
@@ -1328,6 +1358,9 @@ def select_anchors(
         min_distance = 0.5 * math.sqrt(n_candidates / n_anchors)
     else:
         min_distance = check_positive(min_distance, "min_distance", allow_zero=True)
+    # No two pixels are hypot(H, W) apart, so a larger spacing selects the same single
+    # anchor; clamping keeps the kernel's blocking window within the image.
+    min_distance = min(min_distance, math.hypot(*scores.shape))
     jitter = check_positive(jitter, "jitter", allow_zero=True)
     rng = check_rng(seed)
 

@@ -27,6 +27,11 @@ BLOCK = 32
 # opposite way to |a| by far more than their rounding error (about 2.2e-16).
 ACOS_TIE = 1e-14
 
+# Neighbours with a squared distance below this (closer than about 1e-145) count as
+# coinciding with the point and get no FPFH weight: their weight 1 / d2 could
+# overflow, and inf / inf would turn the whole histogram into NaN.
+TINY_D2 = 1e-290
+
 
 @jit(strict=True)
 def _bin(value, low, span):
@@ -138,7 +143,8 @@ def spfh(points, normals, indptr, indices, out):
 def fpfh(spfh_values, indptr, indices, d2, out):
     """Write the FPFH of each point into ``out`` (n, 33) float32 from the SPFH.
 
-    Neighbours at distance 0 are skipped. A row with at most one entry gets zeros.
+    Neighbours closer than about 1e-145 (``d2 < TINY_D2``) are skipped. A row with at
+    most one entry gets zeros.
     """
     n = spfh_values.shape[0]
     n_blocks = (n + BLOCK - 1) // BLOCK
@@ -154,7 +160,7 @@ def fpfh(spfh_values, indptr, indices, d2, out):
             for b in range(N_FEATURES):
                 accumulator[b] = 0.0
             for e in range(start + 1, end):
-                if d2[e] == 0.0:
+                if d2[e] < TINY_D2:
                     continue
                 weight = 1.0 / d2[e]
                 j = indices[e]

@@ -17,6 +17,12 @@ from .._numba import jit
 
 BLOCK = 64
 
+# Covariance entries below this come from points within about 1e-145 of each other,
+# where float64 products near the subnormal range keep too few bits for a direction.
+# Dividing by such a scale could also overflow under fast-math reciprocals, so these
+# neighbourhoods count as coinciding points (the FPFH kernel uses the same bound).
+TINY_COVARIANCE = 1e-290
+
 
 @jit
 def _cross_norm2(ax, ay, az, bx, by, bz):
@@ -51,10 +57,11 @@ def smallest_eigenvector(c00, c01, c02, c11, c12, c22):
     The eigenvalue comes from the trigonometric solution of the characteristic cubic.
     The eigenvector is the largest cross product of two rows of ``C - eigenvalue * I``.
     When the smallest eigenvalue is double, any unit vector orthogonal to the remaining
-    row is returned. ``ok`` is False only for the zero matrix, which has no direction.
+    row is returned. ``ok`` is False for the zero matrix, which has no direction, and
+    for entries below ``TINY_COVARIANCE``.
     """
     scale = max(abs(c00), abs(c01), abs(c02), abs(c11), abs(c12), abs(c22))
-    if scale == 0.0:
+    if scale < TINY_COVARIANCE:
         return 0.0, 0.0, 1.0, 0.0, False
     a00 = c00 / scale
     a01 = c01 / scale
@@ -118,8 +125,9 @@ def normals_from_neighbours(points, indptr, indices, viewpoint, normals, curvatu
 
     ``points`` (n, 3) float64 and ``viewpoint`` (3,) are in the same centred frame.
     A row with no entry is a missing point and gets NaN. A row with fewer than 3
-    entries, or whose points all coincide, gets the normal (0, 0, 1), unoriented, and
-    curvature 0. Other normals are flipped so that ``dot(n, viewpoint - p) >= 0``.
+    entries, or whose points all coincide (to within about 1e-145), gets the normal
+    (0, 0, 1), unoriented, and curvature 0. Other normals are flipped so that
+    ``dot(n, viewpoint - p) >= 0``.
     Curvature is the smallest eigenvalue over the sum of eigenvalues, with the smallest
     eigenvalue taken as the Rayleigh quotient of the normal, which stays accurate when
     it is tiny next to the others.

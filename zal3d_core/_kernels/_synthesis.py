@@ -68,10 +68,13 @@ def splat_depth(u, v, depth, height, width):
     for p in range(u.shape[0]):
         if not (np.isfinite(u[p]) and np.isfinite(v[p]) and np.isfinite(depth[p])):
             continue
-        col = int(np.floor(u[p] + 0.5))
-        row = int(np.floor(v[p] + 0.5))
-        if row < 0 or row >= height or col < 0 or col >= width:
+        # Test the range in floating point: int() of a value beyond int64 is undefined.
+        col_f = np.floor(u[p] + 0.5)
+        row_f = np.floor(v[p] + 0.5)
+        if row_f < 0.0 or row_f >= height or col_f < 0.0 or col_f >= width:
             continue
+        row = int(row_f)
+        col = int(col_f)
         buffer[row, col] = min(buffer[row, col], depth[p])
     return buffer
 

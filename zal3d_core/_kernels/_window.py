@@ -116,8 +116,11 @@ def sort_pairs(d2, idx, size, scratch_d2, scratch_idx, bucket_start):
     for i in range(size):
         if d2[i] > top:
             top = d2[i]
-    if top > 0.0:
-        scale = size / top
+    # A subnormal top (points closer than about 1e-154) makes size / top overflow to
+    # inf, and int() of inf or NaN would give an out-of-range bucket. Such lists are
+    # left to the insertion sort.
+    scale = size / top if top > 0.0 else 0.0
+    if 0.0 < scale < np.inf:
         for b in range(size + 1):
             bucket_start[b] = 0
         for i in range(size):
