@@ -49,12 +49,16 @@ class PatchFeatures:
         ``(grid_height, grid_width)``, with ``grid_height * grid_width == n_patches``.
     valid : ndarray of shape (H, W), bool
         Pixels of the preprocessed sample that hold a point (the object).
+    aux : ndarray of shape (n_patches, D_aux), float32, optional
+        Per-patch features that a backend's classifier (``patch_scores``) reads but
+        that are not part of the memory bank.
     """
 
     features: np.ndarray
     patch_valid: np.ndarray
     grid_shape: tuple[int, int]
     valid: np.ndarray
+    aux: np.ndarray | None = None
 
     def __post_init__(self):
         n_patches = self.grid_shape[0] * self.grid_shape[1]
@@ -70,6 +74,11 @@ class PatchFeatures:
             )
         if self.valid.ndim != 2:
             raise ValueError(f"valid must be an (H, W) mask, but got {self.valid.shape}.")
+        if self.aux is not None and (self.aux.ndim != 2 or self.aux.shape[0] != n_patches):
+            raise ValueError(
+                f"aux must have shape ({n_patches}, D_aux) for a grid of "
+                f"{self.grid_shape}, but got {self.aux.shape}."
+            )
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -89,8 +98,9 @@ class FeatureBackend(Protocol):
     A backend may also define ``fit(samples, *, progress=False)`` (trainable backends;
     called once with the preprocessed normal training samples before extraction),
     ``state() -> dict[str, ndarray]`` and ``load_state(arrays)`` (learned weights,
-    saved inside the model file), and ``patch_scores(features) -> ndarray`` (a
-    per-patch anomaly probability in [0, 1] fused with the distance score).
+    saved inside the model file), and ``patch_scores(features, aux) -> ndarray`` (a
+    per-patch anomaly probability in [0, 1] fused with the distance score; it gets the
+    valid rows of ``PatchFeatures.features`` and of ``PatchFeatures.aux``).
     """
 
     name: str

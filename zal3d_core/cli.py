@@ -92,6 +92,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="side of the resized samples in pixels (default: 224)")
     parser.add_argument("--no-plane-removal", action="store_true",
                         help="keep the background plane (default: remove it by RANSAC)")
+    parser.add_argument("--plane-border", type=_non_negative_int, default=None,
+                        help="width in pixels of the image border the background plane "
+                             "is fitted to (default: 10)")
+    parser.add_argument("--plane-distance", type=_plane_distance, default=None,
+                        help="distance to the plane, in the cloud's units, below which "
+                             "points are background; 'auto' derives it from the point "
+                             "spacing (default: auto)")
     parser.add_argument("--search", choices=("window", "tree"), default=None,
                         help="FPFH neighbour search: image window or KD-tree (default: window)")
     parser.add_argument("--rgb-weights", default=None,
@@ -100,11 +107,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="3dzal: training epochs of the point encoder and classifier")
     parser.add_argument("--anomaly-types", choices=("both", "adding", "removing"), default=None,
                         help="3dzal: pseudo-anomaly types used in training (default: both)")
-    parser.add_argument("--bias-cnn", choices=("random", "pretrained"), default=None,
-                        help="3dzal: CNN that picks pseudo-anomaly anchors (default: random)")
+    parser.add_argument("--bias-cnn", choices=("random", "pretrained", "none"), default=None,
+                        help="3dzal: CNN that picks pseudo-anomaly anchors; none picks "
+                             "random valid pixels (default: random)")
     parser.add_argument("--branches", default=None,
                         help="3dzal: comma-separated feature branches among rgb,fpfh,point "
                              "(default: all three)")
+    parser.add_argument("--bank-branches", default=None,
+                        help="3dzal: branches in the memory bank, among --branches "
+                             "(default: all but point; the classifier reads fpfh,point)")
     parser.add_argument("--device", default=None,
                         help="3dzal: torch device (default: cuda when available, else cpu)")
 
@@ -245,13 +256,31 @@ def _backend_config(args: argparse.Namespace, methods: Sequence[str]) -> dict[st
                     config[key] = value
             if args.branches is not None:
                 config["branches"] = [b.strip() for b in args.branches.split(",") if b.strip()]
+            if args.bank_branches is not None:
+                config["bank_branches"] = [
+                    b.strip() for b in args.bank_branches.split(",") if b.strip()
+                ]
             config["seed"] = args.seed
         configs[method] = config
     return configs
 
 
 def _preprocess(args: argparse.Namespace) -> dict:
-    return {"size": args.size, "remove_plane": not args.no_plane_removal}
+    config = {"size": args.size, "remove_plane": not args.no_plane_removal}
+    plane = {}
+    if args.plane_border is not None:
+        plane["border"] = args.plane_border
+    if args.plane_distance is not None:
+        plane["distance"] = args.plane_distance
+    if plane:
+        config["plane_kwargs"] = plane
+    return config
+
+
+def _plane_distance(text: str) -> float | str:
+    if text == "auto":
+        return text
+    return _positive_float(text)
 
 
 def _run_config(args: argparse.Namespace, data_root: Path, out: Path):
@@ -357,7 +386,7 @@ def _command_predict(args: argparse.Namespace) -> int:
         write_png,
     )
     from .model import ZeroShotModel
-    from .report import colorize, csv_text
+    from .report import csv_text, depth_image, heatmap_panel
 
     model = ZeroShotModel.load(args.model)
     if args.input is not None:
@@ -397,11 +426,14 @@ def _command_predict(args: argparse.Namespace) -> int:
         xyz = read_organized(path)
         sample = Sample(xyz=xyz, rgb=None, gt=None, label=0, class_name="", split="",
                         defect="", name=path.stem, path=path)
-        prediction = model.predict(sample)
+        prepared = model.preprocess(sample)
+        prediction = model.predict(prepared, preprocessed=True)
         stem = path.stem
         atomic_save_npz(args.out / f"{stem}_anomaly_map.npz",
                         anomaly_map=prediction.anomaly_map)
-        write_png(args.out / f"{stem}_anomaly_map.png", colorize(prediction.anomaly_map))
+        # Depth of the preprocessed scan beside the map drawn over it.
+        write_png(args.out / f"{stem}_anomaly_map.png",
+                  heatmap_panel(depth_image(prepared.xyz), None, prediction.anomaly_map))
         rows.append({"file": str(path), "image_score": prediction.image_score})
     atomic_write_text(args.out / "scores.csv", csv_text(rows, ("file", "image_score")))
     for row in rows:

@@ -303,12 +303,19 @@ class ZeroShotModel:
         classifier_max = 0.0
         if self.has_classifier and valid_rows.size:
             probability = np.full(n_patches, np.nan, np.float32)
+            aux = None if features.aux is None else features.aux[valid_rows]
             probability[valid_rows] = self.backend.patch_scores(
-                features.features[valid_rows]
+                features.features[valid_rows], aux
             )
+            # In the map the distance is taken relative to the sample's own median
+            # patch distance. Zero-shot, a whole test object of another class is far
+            # from the bank; what marks a defect is a patch far out relative to the
+            # rest of its object, and on that scale (typical patch 1) the classifier
+            # probability in [0, 1] carries comparable weight.
+            median = float(np.median(distance[valid_rows]))
+            relative = distance / (median if median > 0 else self.distance_scale)
             fused = (
-                self.weight_distance * distance / self.distance_scale
-                + self.weight_classifier * probability
+                self.weight_distance * relative + self.weight_classifier * probability
             ).astype(np.float32)
             classifier_max = float(np.nanmax(probability))
         pixel_map = anomaly_map(
@@ -316,6 +323,9 @@ class ZeroShotModel:
             sigma=self.sigma,
         )
         if self.has_classifier:
+            # The image score keeps the absolute distance (scaled by the normal training
+            # patches), because a sample whose whole surface is far from the bank is
+            # itself evidence of an anomaly.
             distance_map = anomaly_map(
                 distance / self.distance_scale, features.grid_shape, features.image_shape,
                 features.valid, sigma=self.sigma,

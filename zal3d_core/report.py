@@ -81,6 +81,7 @@ def heatmap_panel(
 
     ``image`` is RGB uint8 of the map's (H, W); the defect outline is drawn in cyan on
     the second and third panels; off-object pixels (NaN in the map) stay uncoloured.
+    Without ``gt`` (an unlabelled scan) the ground-truth panel is left out.
     """
     image = np.asarray(image, dtype=np.uint8)
     height, width = anomaly_map.shape
@@ -104,6 +105,8 @@ def heatmap_panel(
     overlay[outline] = (0, 255, 255)
 
     gap = np.full((height, 4, 3), 255, np.uint8)
+    if gt is None:
+        return np.concatenate([image, gap, overlay], axis=1)
     return np.concatenate([image, gap, truth, gap, overlay], axis=1)
 
 

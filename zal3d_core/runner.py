@@ -137,6 +137,7 @@ class FeatureCache:
                     patch_valid=data["patch_valid"],
                     grid_shape=tuple(int(v) for v in data["grid_shape"]),
                     valid=data["valid"],
+                    aux=data["aux"] if "aux" in data.files else None,
                 )
                 gt = data["gt"] if "gt" in data.files else None
         except Exception as error:  # a damaged entry is recomputed, never trusted
@@ -161,6 +162,8 @@ class FeatureCache:
         }
         if gt is not None:
             arrays["gt"] = gt
+        if features.aux is not None:
+            arrays["aux"] = features.aux
         try:
             folder = self.directory / key[:2]
             folder.mkdir(parents=True, exist_ok=True)

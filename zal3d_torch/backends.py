@@ -1,12 +1,13 @@
 """The 3DzAL feature backend, registered with the core's backend registry.
 
-The backend concatenates up to three per-patch branches on the FPFH patch grid:
-``rgb`` (ImageNet ResNet features, BTF's RGB branch), ``fpfh`` (the core's pooled
-FPFH) and ``point`` (the PointNet++ encoder trained on pseudo anomalies). Each branch
-is divided by its mean L2 norm over the normal training patches, so every branch
-weighs about the same in the nearest-neighbour distance whatever its dimension and
-units. The normalcy classifier sees the 3D branches only (``fpfh`` and ``point``),
-because pseudo anomalies change geometry and leave the rgb image as it was.
+The backend computes up to three per-patch branches on the FPFH patch grid: ``rgb``
+(ImageNet ResNet features, BTF's RGB branch), ``fpfh`` (the core's pooled FPFH) and
+``point`` (the PointNet++ encoder trained on pseudo anomalies). Each branch is divided
+by its mean L2 norm over the normal training patches, so every branch weighs about the
+same whatever its dimension and units. The memory bank holds the ``bank_branches``
+(rgb and fpfh by default); the normalcy classifier reads the 3D branches (``fpfh`` and
+``point``), passed as ``PatchFeatures.aux``, because pseudo anomalies change geometry
+and leave the rgb image as it was.
 """
 
 from __future__ import annotations
@@ -81,7 +82,17 @@ class ZAL3DBackend:
     Parameters
     ----------
     branches : sequence of {"rgb", "fpfh", "point"}, default all three
-        Feature branches to concatenate into the memory bank.
+        Feature branches to compute.
+    bank_branches : sequence of str, optional
+        Branches concatenated into the memory bank, among ``branches``. The default
+        is every computed branch except ``point`` (or ``point`` alone when it is the
+        only one). The point
+        branch is left out by default: on the demo data, adding it to the bank lowered
+        the zero-shot AU-PRO of the distance score (its embedding is trained to
+        separate the training class's normal patches from pseudo anomalies and does
+        not place unseen classes' normal surfaces near the bank), while the classifier
+        on it raised it; docs/method.md gives the numbers. Pass all three for the bank
+        of the original description.
     rgb_weights : "auto", "imagenet", "random" or a file path, default "auto"
         Weights of the RGB ResNet. "auto" uses ImageNet weights from the torch hub
         cache and, when they are not there, leaves the rgb branch out with a warning
@@ -117,6 +128,7 @@ class ZAL3DBackend:
     def __init__(
         self,
         branches: Sequence[str] = BRANCHES,
+        bank_branches: Sequence[str] | None = None,
         rgb_weights: str = "auto",
         rgb_arch: str = "wide_resnet50_2",
         anomaly_types: str = "both",
@@ -147,6 +159,17 @@ class ZAL3DBackend:
                 f"{list(branches)!r}."
             )
         self.branches = tuple(b for b in BRANCHES if b in branches)
+        if bank_branches is None:
+            bank_branches = [b for b in self.branches if b != "point"] or ["point"]
+        if isinstance(bank_branches, str):
+            bank_branches = [b.strip() for b in bank_branches.split(",") if b.strip()]
+        outside = [b for b in bank_branches if b not in self.branches]
+        if outside:
+            raise ValueError(
+                f"bank_branches {outside} are not among the computed branches "
+                f"{list(self.branches)}; add them to branches or drop them."
+            )
+        self._requested_bank = tuple(b for b in BRANCHES if b in bank_branches)
         if anomaly_types not in ANOMALY_TYPES:
             raise ValueError(
                 f"anomaly_types must be one of {', '.join(ANOMALY_TYPES)}, but got "
@@ -184,6 +207,13 @@ class ZAL3DBackend:
             self._rgb = self._make_rgb_extractor()
             if self._rgb is None:
                 self.branches = tuple(b for b in self.branches if b != "rgb")
+        self.bank_branches = tuple(b for b in self._requested_bank if b in self.branches)
+        if not self.bank_branches:
+            raise ValueError(
+                f"no memory-bank branch is left: bank_branches={list(self._requested_bank)} "
+                f"but only {list(self.branches)} are computed (the rgb branch is left out "
+                "without ImageNet weights). Add fpfh or point to bank_branches."
+            )
         self.encoder = None
         self.classifier = None
         self.projection = None
@@ -227,18 +257,20 @@ class ZAL3DBackend:
 
     @property
     def branch_dims(self) -> dict[str, int]:
-        """Columns of each branch, in the order of the concatenated features."""
+        """Columns of each computed branch."""
         dims = {"rgb": self._rgb.feature_dim if self._rgb is not None else 0,
                 "fpfh": 33, "point": self.point_dim}
         return {b: dims[b] for b in self.branches}
 
     @property
     def feature_dim(self) -> int:
-        return int(sum(self.branch_dims.values()))
+        """Columns of the memory-bank features (the bank branches, concatenated)."""
+        return int(sum(self.branch_dims[b] for b in self.bank_branches))
 
     def config(self) -> dict[str, Any]:
         return {
             "branches": list(self.branches),
+            "bank_branches": list(self.bank_branches),
             "rgb_weights": self.rgb_weights,
             "rgb_arch": self.rgb_arch,
             "anomaly_types": self.anomaly_types,
@@ -388,22 +420,28 @@ class ZAL3DBackend:
         """Return the concatenated, scaled branch features of one preprocessed scan."""
         self._require_trained()
         arrays, base = self._branch_arrays(sample)
-        parts = [arrays[b] / self.scales[b] for b in self.branches]
-        features = np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
-        return PatchFeatures(features=features, patch_valid=base.patch_valid,
-                             grid_shape=base.grid_shape, valid=base.valid)
 
-    def patch_scores(self, features: np.ndarray) -> np.ndarray:
-        """Classifier probability of "pseudo anomaly" after one adversarial step, per patch."""
+        def stack(branches):
+            parts = [arrays[b] / self.scales[b] for b in branches]
+            return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+        aux = stack(self.classifier_branches) if self.classifier is not None else None
+        return PatchFeatures(features=stack(self.bank_branches), patch_valid=base.patch_valid,
+                             grid_shape=base.grid_shape, valid=base.valid, aux=aux)
+
+    def patch_scores(self, features: np.ndarray, aux: np.ndarray | None = None) -> np.ndarray:
+        """Classifier probability of "pseudo anomaly" after one adversarial step, per patch.
+
+        ``aux`` holds the classifier branches of the same rows (``PatchFeatures.aux``).
+        """
         if self.classifier is None:
             return np.zeros(len(features), np.float32)
-        columns = []
-        offset = 0
-        for branch, dim in self.branch_dims.items():
-            if branch in self.classifier_branches:
-                columns.append(np.arange(offset, offset + dim))
-            offset += dim
-        subset = np.ascontiguousarray(features[:, np.concatenate(columns)], np.float32)
+        if aux is None:
+            raise ValueError(
+                "patch_scores needs the classifier features (PatchFeatures.aux) of the "
+                "rows; pass the aux array that extract() returned."
+            )
+        subset = np.ascontiguousarray(aux, np.float32)
         return np.asarray(adversarial_scores(self.classifier, subset, eta=self.eta),
                           np.float32)
 

@@ -46,6 +46,13 @@ def test_heatmap_panel_layout():
     assert panel[5, 34 + 5].tolist() == [0, 255, 255]
 
 
+def test_heatmap_panel_without_truth_has_two_panels():
+    image = np.full((10, 12, 3), 50, np.uint8)
+    panel = heatmap_panel(image, None, np.zeros((10, 12), np.float32))
+    assert panel.shape == (10, 2 * 12 + 4, 3)
+    assert (panel[:, 12:16] == 255).all()
+
+
 def test_heatmap_panel_shape_mismatch():
     with pytest.raises(ValueError, match=r"image has shape \(4, 4\), but the anomaly map has \(5, 5\)"):
         heatmap_panel(np.zeros((4, 4, 3), np.uint8), None, np.zeros((5, 5)))

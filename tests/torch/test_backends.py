@@ -42,6 +42,15 @@ def test_entry_point_registers_backend():
     assert backend.feature_dim == 33
 
 
+def test_bank_branches_choice():
+    backend = ZAL3DBackend(branches=("fpfh", "point"), bank_branches=("fpfh", "point"),
+                           device="cpu")
+    assert backend.feature_dim == 33 + 64
+    assert ZAL3DBackend(branches=("point",), device="cpu").bank_branches == ("point",)
+    with pytest.raises(ValueError, match=r"bank_branches \['rgb'\] are not among the computed"):
+        ZAL3DBackend(branches=("fpfh",), bank_branches=("rgb",), device="cpu")
+
+
 def test_bad_backend_arguments():
     with pytest.raises(ValueError, match=r"branches must be a non-empty subset of rgb, fpfh, point"):
         ZAL3DBackend(branches=("depth",), device="cpu")
@@ -66,7 +75,8 @@ def test_fit_trains_every_part(fitted):
     assert len(info["encoder_loss"]) == 1
     assert len(info["classifier_loss"]) == 3
     assert set(backend.scales) == {"rgb", "fpfh", "point"}
-    assert fitted.bank.shape[1] == backend.feature_dim == 1536 + 33 + 64
+    assert backend.bank_branches == ("rgb", "fpfh")
+    assert fitted.bank.shape[1] == backend.feature_dim == 1536 + 33
     assert fitted.distance_scale > 0
 
 
@@ -74,18 +84,23 @@ def test_branches_are_scaled_to_unit_mean_norm(fitted, dataset):
     backend = fitted.backend
     sample = fitted.preprocess(MVTec3D(dataset).samples("plate", "train", ["good"])[0].load())
     features = backend.extract(sample)
-    rows = features.features[features.patch_valid]
-    offset = 0
-    for branch, dim in backend.branch_dims.items():
-        norms = np.linalg.norm(rows[:, offset:offset + dim], axis=1)
-        assert 0.3 < norms.mean() < 3.0, branch
-        offset += dim
+    for rows, branches in ((features.features, backend.bank_branches),
+                           (features.aux, backend.classifier_branches)):
+        rows = rows[features.patch_valid]
+        offset = 0
+        for branch in branches:
+            dim = backend.branch_dims[branch]
+            norms = np.linalg.norm(rows[:, offset:offset + dim], axis=1)
+            assert 0.3 < norms.mean() < 3.0, branch
+            offset += dim
+        assert offset == rows.shape[1]
 
 
 def test_predict_gives_bounded_classifier_scores(fitted, dataset):
     sample = fitted.preprocess(MVTec3D(dataset).samples("dome", "test")[0].load())
     features = fitted.backend.extract(sample)
-    probabilities = fitted.backend.patch_scores(features.features[features.patch_valid])
+    valid = features.patch_valid
+    probabilities = fitted.backend.patch_scores(features.features[valid], features.aux[valid])
     assert probabilities.shape == (int(features.patch_valid.sum()),)
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
     prediction = fitted.predict_features(features)
