@@ -39,6 +39,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def _ratio(text: str) -> float:
     value = _positive_float(text)
     if value > 1:
@@ -53,6 +63,13 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
 
 
@@ -83,9 +100,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="share of normal patches kept in the memory bank (default: 0.1)")
     parser.add_argument("--seed", type=_non_negative_int, default=0,
                         help="random seed of coreset selection and training (default: 0)")
-    parser.add_argument("--n-reweight", type=int, default=3,
+    parser.add_argument("--n-reweight", type=_positive_int, default=3,
                         help="PatchCore re-weighting support size; 1 disables (default: 3)")
-    parser.add_argument("--sigma", type=float, default=4.0,
+    parser.add_argument("--sigma", type=_non_negative_float, default=4.0,
                         help="Gaussian blur of anomaly maps in pixels, at most 4 times "
                              "--size (default: 4)")
     parser.add_argument("--size", type=_size, default=224,
@@ -103,8 +120,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="FPFH neighbour search: image window or KD-tree (default: window)")
     parser.add_argument("--rgb-weights", default=None,
                         help="3dzal: local file of ImageNet weights for the RGB ResNet")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="3dzal: training epochs of the point encoder and classifier")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="3dzal: training epochs of the point encoder (default: 10)")
+    parser.add_argument("--classifier-epochs", type=_positive_int, default=None,
+                        help="3dzal: training epochs of the normalcy classifier (default: 30)")
     parser.add_argument("--anomaly-types", choices=("both", "adding", "removing"), default=None,
                         help="3dzal: pseudo-anomaly types used in training (default: both)")
     parser.add_argument("--bias-cnn", choices=("random", "pretrained", "none"), default=None,
@@ -218,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal, unless -q, and only when tqdm is installed."""
+    if args.quiet or not sys.stderr.isatty():
+        return False
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else (
         logging.DEBUG if args.verbose >= 2 else logging.INFO)
@@ -242,7 +272,17 @@ def _methods(args: argparse.Namespace) -> list[str]:
     return methods
 
 
+TORCH_ONLY_OPTIONS = ("rgb_weights", "epochs", "classifier_epochs", "anomaly_types",
+                      "bias_cnn", "branches", "bank_branches", "device")
+
+
 def _backend_config(args: argparse.Namespace, methods: Sequence[str]) -> dict[str, dict]:
+    if "3dzal" not in methods:
+        given = [f"--{name.replace('_', '-')}" for name in TORCH_ONLY_OPTIONS
+                 if getattr(args, name, None) is not None]
+        if given:
+            logger.warning("%s apply to --method 3dzal only and are ignored here",
+                           ", ".join(given))
     configs: dict[str, dict] = {}
     for method in methods:
         config: dict = {}
@@ -250,6 +290,7 @@ def _backend_config(args: argparse.Namespace, methods: Sequence[str]) -> dict[st
             config["search"] = args.search
         if method == "3dzal":
             for key, value in (("rgb_weights", args.rgb_weights), ("epochs", args.epochs),
+                               ("classifier_epochs", args.classifier_epochs),
                                ("anomaly_types", args.anomaly_types),
                                ("bias_cnn", args.bias_cnn), ("device", args.device)):
                 if value is not None:
@@ -302,7 +343,7 @@ def _run_config(args: argparse.Namespace, data_root: Path, out: Path):
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
         n_heatmaps=args.heatmaps,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=_show_progress(args),
     )
 
 
@@ -324,6 +365,8 @@ def _command_demo(args: argparse.Namespace) -> int:
     from .runner import run_zero_shot
 
     data = args.data or args.out / "data"
+    if args.sources and not args.real_geometry:
+        raise ValueError("--sources needs --real-geometry; add it to use those scans.")
     if args.real_geometry:
         sources = None
         if args.sources:
@@ -334,9 +377,10 @@ def _command_demo(args: argparse.Namespace) -> int:
                     raise ValueError(f"--sources entries must look like CLASS=FILE, got {item!r}.")
                 sources[name] = Path(path)
         root = demo.generate_real_geometry_dataset(data, sources, seed=args.seed,
-                                                   progress=not args.quiet)
+                                                   progress=_show_progress(args))
     else:
-        root = demo.generate_demo_dataset(data, seed=args.seed, progress=not args.quiet)
+        root = demo.generate_demo_dataset(data, seed=args.seed,
+                                          progress=_show_progress(args))
     logger.info("demo dataset in %s", root)
     args.test_classes = "all"
     results = run_zero_shot(_run_config(args, Path(root), args.out))
@@ -367,7 +411,7 @@ def _command_fit(args: argparse.Namespace) -> int:
     if not records:
         raise ValueError(f"classes {classes} have no train/good samples in {args.data_root}.")
     model = ZeroShotModel(get_backend(backend_name, **config), **_model_kwargs(args))
-    model.fit((r.load() for r in records), progress=not args.quiet and sys.stderr.isatty())
+    model.fit((r.load() for r in records), progress=_show_progress(args))
     path = model.save(args.model)
     print(f"Fitted on {len(records)} normal samples of {', '.join(classes)}: memory bank of "
           f"{model.fit_info['n_bank']} x {model.fit_info['feature_dim']} features. "
@@ -376,90 +420,158 @@ def _command_fit(args: argparse.Namespace) -> int:
 
 
 def _command_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .io import (
-        atomic_save_npz,
-        atomic_write_text,
-        make_folder,
-        read_organized,
-        write_png,
-    )
+    from .io import make_folder
     from .model import ZeroShotModel
-    from .report import csv_text, depth_image, heatmap_panel
 
     model = ZeroShotModel.load(args.model)
     if args.input is not None:
-        _check_distinct_stems(args.input)
-    make_folder(args.out, "--out")
+        missing = [str(path) for path in args.input if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"--input file not found: {', '.join(missing)}")
     if args.data_root is not None:
-        from .runner import FeatureCache, RunConfig, _evaluate_class, default_cache_dir
-        from .backend import backend_digest
-        from .datasets import MVTec3D
-        from .runner import parse_class_spec
+        return _predict_dataset(args, model)
+    make_folder(args.out, "--out")
+    return _predict_files(args, model)
 
-        dataset = MVTec3D(args.data_root)
-        classes = parse_class_spec(args.test_classes, dataset.classes, name="test_classes")
-        cache = FeatureCache(args.cache_dir or default_cache_dir(), enabled=not args.no_cache)
-        config = RunConfig(data_root=args.data_root, out_dir=args.out,
-                           n_heatmaps=args.heatmaps,
-                           progress=not args.quiet and sys.stderr.isatty())
-        digest = backend_digest(model.backend)
-        rows, timings = [], {}
-        for test_class in classes:
-            records = dataset.samples(test_class, "test")
-            rows.append(_evaluate_class(model, model.backend.name, str(args.model.stem),
-                                        test_class, records, cache, digest, config,
-                                        args.out / "heatmaps", timings))
-        columns = ("method", "train", "test", "n_test", "n_defective", "au_pro",
-                   "image_auroc", "pixel_auroc")
-        atomic_write_text(args.out / "results.csv", csv_text(rows, columns))
+
+def _method_name(backend_name: str) -> str:
+    from .runner import METHODS
+
+    for method, (backend, _) in METHODS.items():
+        if backend == backend_name:
+            return method
+    return backend_name
+
+
+def _predict_dataset(args: argparse.Namespace, model) -> int:
+    from .backend import backend_digest
+    from .datasets import MVTec3D
+    from .io import atomic_write_text, make_folder
+    from .report import csv_text, markdown_tables
+    from .runner import (
+        RESULT_COLUMNS,
+        FeatureCache,
+        RunConfig,
+        _evaluate_class,
+        _inside,
+        default_cache_dir,
+        parse_class_spec,
+    )
+
+    dataset = MVTec3D(args.data_root)
+    classes = parse_class_spec(args.test_classes, dataset.classes, name="test_classes")
+    if _inside(args.out, args.data_root):
+        raise ValueError(
+            f"--out {args.out} lies inside the dataset folder {args.data_root}, which "
+            "zal3d never writes into; choose a folder outside it."
+        )
+    make_folder(args.out, "--out")
+    cache = FeatureCache(args.cache_dir or default_cache_dir(), enabled=not args.no_cache)
+    config = RunConfig(data_root=args.data_root, out_dir=args.out, n_heatmaps=args.heatmaps,
+                       progress=_show_progress(args))
+    digest = backend_digest(model.backend)
+    method = _method_name(model.backend.name)
+    rows, timings = [], {}
+    for test_class in classes:
+        records = dataset.samples(test_class, "test")
+        rows.append(_evaluate_class(model, method, str(args.model.stem), test_class,
+                                    records, cache, digest, config,
+                                    args.out / "heatmaps", timings))
+        atomic_write_text(args.out / "results.csv", csv_text(rows, RESULT_COLUMNS))
         atomic_write_text(args.out / "results.json", json.dumps(rows, indent=2) + "\n")
-        print(csv_text(rows, columns), end="")
-        print(f"Results written to {args.out}/")
-        return 0
-
-    from .datasets import Sample
-
-    rows = []
-    for path in args.input:
-        xyz = read_organized(path)
-        sample = Sample(xyz=xyz, rgb=None, gt=None, label=0, class_name="", split="",
-                        defect="", name=path.stem, path=path)
-        prepared = model.preprocess(sample)
-        prediction = model.predict(prepared, preprocessed=True)
-        stem = path.stem
-        atomic_save_npz(args.out / f"{stem}_anomaly_map.npz",
-                        anomaly_map=prediction.anomaly_map)
-        # Depth of the preprocessed scan beside the map drawn over it.
-        write_png(args.out / f"{stem}_anomaly_map.png",
-                  heatmap_panel(depth_image(prepared.xyz), None, prediction.anomaly_map))
-        rows.append({"file": str(path), "image_score": prediction.image_score})
-    atomic_write_text(args.out / "scores.csv", csv_text(rows, ("file", "image_score")))
-    for row in rows:
-        print(f"{row['file']}\t{row['image_score']:.6g}")
-    print(f"Anomaly maps written to {args.out}/")
+        table = markdown_tables(rows, classes=dataset.classes)
+        atomic_write_text(args.out / "results.md", f"# Results of {args.model.name}\n\n{table}")
+    print(table, end="")
+    print(f"Results written to {args.out}/ (results.json, results.csv, results.md)")
     return 0
 
 
-def _check_distinct_stems(paths: Sequence[Path]) -> None:
-    """Raise ValueError if two inputs would write the same output files."""
-    seen: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in seen:
-            raise ValueError(
-                f"--input files {seen[path.stem]} and {path} share the name "
-                f"{path.stem!r}, so their anomaly maps would overwrite each other in "
-                "--out. Score them in separate runs or rename one."
-            )
-        seen[path.stem] = path
+def _output_names(paths: Sequence[Path]) -> list[str]:
+    """Distinct output names for input files: the file stem, or more of the path.
+
+    MVTec 3D-AD names every scan ``NNN.tiff``, so stems repeat across folders; then
+    the path below the inputs' common folder is used, e.g. ``gear_test_bump_xyz_000``.
+    """
+    import os
+
+    stems = [path.stem for path in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    resolved = [path.resolve() for path in paths]
+    common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    names = []
+    for path in resolved:
+        parts = path.relative_to(common).with_suffix("").parts
+        names.append("_".join(parts) + (f"_{path.suffix[1:]}" if path.suffix else ""))
+    return names
+
+
+def _predict_files(args: argparse.Namespace, model) -> int:
+    import numpy as np
+
+    from .datasets import Sample
+    from .io import atomic_save_npz, atomic_write_text, read_organized, write_png
+    from .report import csv_text, depth_image, heatmap_panel
+    from .scoring import resize_anomaly_map
+
+    rows, pictures, failures = [], [], []
+    for path, name in zip(args.input, _output_names(args.input)):
+        try:
+            xyz = read_organized(path)
+            sample = Sample(xyz=xyz, rgb=None, gt=None, label=0, class_name="", split="",
+                            defect="", name=path.stem, path=path)
+            prepared = model.preprocess(sample)
+            prediction = model.predict(prepared, preprocessed=True)
+        except (ValueError, TypeError, OSError) as error:
+            if len(args.input) == 1:
+                raise
+            # One unreadable or unusable scan must not lose the others' results.
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            logger.error("%s: %s", path, message)
+            failures.append(f"{path}: {message}")
+            continue
+        # The map at the scan's own resolution (NaN where the scan has no point), and
+        # at the model's resolution, where the score was computed.
+        full = resize_anomaly_map(prediction.anomaly_map, xyz.shape[:2],
+                                  valid=~np.isnan(xyz).any(axis=2))
+        atomic_save_npz(args.out / f"{name}_anomaly_map.npz", anomaly_map=full,
+                        anomaly_map_preprocessed=prediction.anomaly_map)
+        pictures.append((name, depth_image(prepared.xyz), prediction.anomaly_map))
+        rows.append({"file": str(path), "output": f"{name}_anomaly_map.npz",
+                     "image_score": prediction.image_score})
+    if pictures:
+        # One colour scale for every picture, so a good scan does not look as hot as
+        # a defective one.
+        values = np.concatenate([amap[np.isfinite(amap)] for _, _, amap in pictures])
+        vmin, vmax = float(np.percentile(values, 1)), float(np.percentile(values, 99.9))
+        for name, image, amap in pictures:
+            write_png(args.out / f"{name}_anomaly_map.png",
+                      heatmap_panel(image, None, amap, vmin=vmin, vmax=vmax))
+        print(f"Colour scale of the pictures: {vmin:.4g} (dark) to {vmax:.4g} (bright)")
+    atomic_write_text(args.out / "scores.csv",
+                      csv_text(rows, ("file", "output", "image_score")))
+    for row in rows:
+        print(f"{row['file']}\t{row['image_score']:.6g}")
+    print(f"Anomaly maps of {len(rows)} scans written to {args.out}/")
+    if failures:
+        raise ValueError(
+            f"{len(failures)} of {len(args.input)} scans failed, the first: {failures[0]}"
+        )
+    return 0
 
 
 def _command_backends(args: argparse.Namespace) -> int:
     from .backend import available_backends
+    from .runner import METHODS
 
-    for name in available_backends():
-        print(name)
+    backends = available_backends()
+    print("methods (--method):")
+    for method, (backend, _) in METHODS.items():
+        state = "available" if backend in backends else 'needs pip install "zal3d[torch]"'
+        print(f"  {method:<8} backend {backend} ({state})")
+    print("backends (--backend):")
+    for name in backends:
+        print(f"  {name}")
     return 0
 
 

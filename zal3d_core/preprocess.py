@@ -712,7 +712,15 @@ def preprocess_sample(
         )
     xyz, rgb, gt = sample.xyz, sample.rgb, sample.gt
     if remove_plane:
-        xyz = remove_background(xyz, **plane_kwargs)
+        try:
+            xyz = remove_background(xyz, **plane_kwargs)
+        except ValueError as error:
+            # Name the scan, and the two ways out, for batch runs over many files.
+            raise ValueError(
+                f"{sample.path or sample.name}: background plane removal failed: {error} "
+                "Widen the border with plane_kwargs={'border': N} (CLI: --plane-border "
+                "N) or skip the step with remove_plane=False (CLI: --no-plane-removal)."
+            ) from None
     if cluster:
         xyz = largest_cluster(xyz, **(cluster_kwargs or {}))
     if size is not None:

@@ -305,75 +305,212 @@ def _records(dataset, class_name: str, split: str, defects=None):
     return dataset.samples(class_name, split, defects)
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _usable_classes(dataset, classes: Sequence[str]) -> dict[str, str]:
+    """Return ``{class: reason}`` for the classes whose scans cannot be scored.
+
+    Every method scores xyz, so a class whose train or test split lacks xyz files (a
+    partial MVTec 3D-AD download, or an rgb-only folder) cannot be used.
+    """
+    unusable = {}
+    for name in classes:
+        for split, defects in (("train", ["good"]), ("test", None)):
+            try:
+                _records(dataset, name, split, defects)
+            except FileNotFoundError as error:
+                unusable[name] = str(error).splitlines()[0]
+                break
+            except ValueError:
+                # A class without this split: the plan below reports it by name.
+                continue
+    return unusable
+
+
+def _plan(config: RunConfig, dataset) -> list[tuple[list[str], list[str]]]:
+    """Return ``[(train group, test classes), ...]`` after checking every class.
+
+    Raises ValueError before any work is done when a requested class cannot be used or
+    when nothing would be evaluated.
+    """
+    classes = dataset.classes
+    train = parse_class_spec(config.train_class, classes, name="train_class")
+    # "all" trains one model per class; an explicit list pools the classes into one.
+    every_class = config.train_class == "all"
+    requested_tests = parse_class_spec(config.test_classes, classes, name="test_classes")
+    all_tests = config.test_classes == "all"
+    unusable = _usable_classes(dataset, sorted(set(train) | set(requested_tests)))
+    for name, reason in unusable.items():
+        if (name in train and not every_class) or (name in requested_tests and not all_tests):
+            raise ValueError(f"class {name!r} cannot be scored: {reason}")
+    train = [c for c in train if c not in unusable]
+    requested_tests = [c for c in requested_tests if c not in unusable]
+    groups = [[c] for c in train] if every_class else [train]
+    plan = []
+    for group in groups:
+        if all_tests:
+            tests = [c for c in requested_tests if c not in group]
+        else:
+            tests = list(requested_tests)
+            seen = [c for c in tests if c in group]
+            if seen:
+                logger.warning(
+                    "test classes %s are also training classes of %s: their results "
+                    "are not zero-shot", seen, "+".join(group),
+                )
+        if group and tests:
+            plan.append((group, tests))
+    skipped = "; ".join(f"{name} skipped: {reason}" for name, reason in unusable.items())
+    if not plan:
+        raise ValueError(
+            f"nothing to evaluate: training on {config.train_class!r} leaves no test "
+            f"class among {', '.join(classes)} that has xyz scans. Zero-shot evaluation "
+            "needs at least two classes with xyz; pass --test-classes to choose them."
+            + (f" ({skipped})" if skipped else "")
+        )
+    for name, reason in unusable.items():
+        logger.warning("class %s is skipped: %s", name, reason)
+    return plan
+
+
+class _ResultWriter:
+    """Writes results.json, .csv and .md after every row, so a failure loses nothing."""
+
+    def __init__(self, out_dir: Path, config: RunConfig, classes: Sequence[str]):
+        self.out_dir = out_dir
+        self.classes = list(classes)
+        self.rows: list[dict[str, Any]] = []
+        self.header = {
+            "zal3d_version": __version__,
+            "config": {
+                "data_root": str(Path(config.data_root).resolve()),
+                "train_class": config.train_class if isinstance(config.train_class, str)
+                else list(config.train_class),
+                "test_classes": config.test_classes if isinstance(config.test_classes, str)
+                else list(config.test_classes),
+                "methods": list(config.methods),
+                "backend_config": config.backend_config,
+                "coreset_ratio": config.coreset_ratio,
+                "seed": config.seed,
+                "n_reweight": config.n_reweight,
+                "sigma": config.sigma,
+                "preprocess": config.preprocess,
+            },
+        }
+        self.title = f"# Zero-shot results ({', '.join(config.methods)})\n\n"
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.write()
+
+    def results(self) -> dict[str, Any]:
+        return {**self.header, "results": [_json_row(row) for row in self.rows]}
+
+    def write(self) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(self.out_dir / "results.json",
+                          json.dumps(self.results(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.out_dir / "results.csv", csv_text(self.rows, RESULT_COLUMNS))
+        atomic_write_text(self.out_dir / "results.md",
+                          self.title + markdown_tables(self.rows, classes=self.classes))
+
+
+def _fit_model(method, group, backend_config, dataset, cache, config, timings):
+    backend_name, _ = METHODS.get(method, (method, {}))
+    label = "+".join(group)
+    started = time.perf_counter()
+    model = ZeroShotModel(
+        get_backend(backend_name, **backend_config),
+        coreset_ratio=config.coreset_ratio, seed=config.seed,
+        n_reweight=config.n_reweight, sigma=config.sigma,
+        preprocess=config.preprocess or None,
+    )
+    train_records = [r for c in group for r in _records(dataset, c, "train", ["good"])]
+    if not train_records:
+        raise ValueError(f"class {label} has no train/good samples to fit on.")
+    logger.info("[%s] fitting on %s: %d normal samples", method, label, len(train_records))
+    if callable(getattr(model.backend, "fit", None)):
+        prepared = [model.preprocess(r.load()) for r in _progress(
+            train_records, desc=f"preprocess {label}", enabled=config.progress)]
+        model.backend.fit(prepared, progress=config.progress)
+        logger.info("[%s] %s: extracting features of %d training samples", method, label,
+                    len(train_records))
+    digest = backend_digest(model.backend)
+    train_features = [
+        _sample_features(model, record, cache, digest)[0]
+        for record in _progress(train_records, desc=f"features {label}",
+                                enabled=config.progress)
+    ]
+    model.fit_features(train_features, progress=config.progress)
+    timings[f"{method}/{label}/fit"] = time.perf_counter() - started
+    logger.info("[%s] %s: bank %d of %d patches in %.1f s", method, label,
+                model.fit_info["n_bank"], model.fit_info["n_patches"],
+                timings[f"{method}/{label}/fit"])
+    return model, digest
+
+
 def run_zero_shot(config: RunConfig) -> dict[str, Any]:
     """Run the zero-shot train x test matrix and write the result files.
 
-    Returns the content of ``results.json``.
+    Every class and setting is checked before any model is fitted. The result files
+    are rewritten after each (train, test) pair, so an interrupted run keeps the pairs
+    it finished. Returns the content of ``results.json``.
+
+    Raises
+    ------
+    ValueError
+        If a method, class or setting is invalid, a requested class has no xyz scans,
+        nothing is left to evaluate, or ``out_dir`` or ``cache_dir`` lies inside the
+        dataset folder (which is never written).
     """
+    from .backend import available_backends
     from .datasets import MVTec3D
     from .io import atomic_write_text
 
     started = time.perf_counter()
-    dataset = MVTec3D(config.data_root)
-    classes = dataset.classes
-    train = parse_class_spec(config.train_class, classes, name="train_class")
-    # "all" trains one model per class; an explicit list pools the classes into one.
-    train_groups = [[c] for c in train] if config.train_class == "all" else [train]
-    requested_tests = parse_class_spec(config.test_classes, classes, name="test_classes")
-    from .backend import available_backends
-
+    if not config.methods:
+        raise ValueError(
+            "methods is empty; pass at least one method, e.g. 'btf' or '3dzal'."
+        )
     for method in config.methods:
         if method not in METHODS and method not in available_backends():
             raise ValueError(
                 f"unknown method {method!r}; choose from {', '.join(METHODS)} or a "
                 f"backend ({', '.join(available_backends())})."
             )
-
-    if not config.methods:
-        raise ValueError(
-            "methods is empty; pass at least one method, e.g. 'btf' or '3dzal'."
-        )
-    out_dir = make_folder(config.out_dir, "out_dir")
-    cache = FeatureCache(config.cache_dir or default_cache_dir(), enabled=config.use_cache)
-    rows: list[dict[str, Any]] = []
-    timings: dict[str, float] = {}
-
+    dataset = MVTec3D(config.data_root)
+    data_root = Path(config.data_root)
+    cache_dir = Path(config.cache_dir or default_cache_dir())
+    for name, folder in (("out_dir", Path(config.out_dir)), ("cache_dir", cache_dir)):
+        if _inside(folder, data_root):
+            raise ValueError(
+                f"{name} {folder} lies inside the dataset folder {data_root}, which "
+                "zal3d never writes into; choose a folder outside it."
+            )
+    plan = _plan(config, dataset)
+    backend_configs = {}
     for method in config.methods:
         backend_name, defaults = METHODS.get(method, (method, {}))
-        backend_config = {**defaults, **config.backend_config.get(method, {})}
-        for group in train_groups:
+        backend_configs[method] = {**defaults, **config.backend_config.get(method, {})}
+        # Build each backend once now, so a bad setting fails before any work.
+        get_backend(backend_name, **backend_configs[method])
+
+    out_dir = make_folder(config.out_dir, "out_dir")
+    cache = FeatureCache(cache_dir, enabled=config.use_cache)
+    writer = _ResultWriter(out_dir, config, dataset.classes)
+    timings: dict[str, float] = {}
+    for method in config.methods:
+        for group, tests in plan:
             label = "+".join(group)
-            tests = [c for c in requested_tests if c not in group] \
-                if config.test_classes == "all" else requested_tests
-            if not tests:
-                logger.warning("no test classes left for train class %s", label)
-                continue
-            fit_started = time.perf_counter()
-            model = ZeroShotModel(
-                get_backend(backend_name, **backend_config),
-                coreset_ratio=config.coreset_ratio, seed=config.seed,
-                n_reweight=config.n_reweight, sigma=config.sigma,
-                preprocess=config.preprocess or None,
-            )
-            train_records = [r for c in group for r in _records(dataset, c, "train", ["good"])]
-            if not train_records:
-                raise ValueError(f"class {label} has no train/good samples to fit on.")
-            logger.info("[%s] fitting on %s: %d normal samples", method, label, len(train_records))
-            if callable(getattr(model.backend, "fit", None)):
-                prepared = [model.preprocess(r.load()) for r in _progress(
-                    train_records, desc=f"preprocess {label}", enabled=config.progress)]
-                model.backend.fit(prepared, progress=config.progress)
-            digest = backend_digest(model.backend)
-            train_features = [
-                _sample_features(model, record, cache, digest)[0]
-                for record in _progress(train_records, desc=f"features {label}",
-                                        enabled=config.progress)
-            ]
-            model.fit_features(train_features, progress=config.progress)
-            timings[f"{method}/{label}/fit"] = time.perf_counter() - fit_started
-            logger.info("[%s] %s: bank %d of %d patches in %.1f s", method, label,
-                        model.fit_info["n_bank"], model.fit_info["n_patches"],
-                        timings[f"{method}/{label}/fit"])
+            model, digest = _fit_model(method, group, backend_configs[method], dataset,
+                                       cache, config, timings)
             for test_class in tests:
                 records = _records(dataset, test_class, "test")
                 if not records:
@@ -383,40 +520,21 @@ def run_zero_shot(config: RunConfig) -> dict[str, Any]:
                     model, method, label, test_class, records, cache, digest, config,
                     out_dir / "heatmaps" / method / _safe_name(label), timings,
                 )
-                rows.append(row)
+                writer.add(row)
                 logger.info("[%s] %s -> %s: AU-PRO %.3f, image AUROC %.3f", method, label,
                             test_class, row["au_pro"], row["image_auroc"])
+    if not writer.rows:
+        raise ValueError("no test class had test samples; nothing was evaluated.")
 
-    results = {
-        "zal3d_version": __version__,
-        "config": {
-            "data_root": str(config.data_root),
-            "train_class": config.train_class if isinstance(config.train_class, str)
-            else list(config.train_class),
-            "test_classes": config.test_classes if isinstance(config.test_classes, str)
-            else list(config.test_classes),
-            "methods": list(config.methods),
-            "backend_config": config.backend_config,
-            "coreset_ratio": config.coreset_ratio,
-            "seed": config.seed,
-            "n_reweight": config.n_reweight,
-            "sigma": config.sigma,
-            "preprocess": config.preprocess,
-        },
-        "results": [_json_row(row) for row in rows],
-    }
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(out_dir / "results.csv", csv_text(rows, RESULT_COLUMNS))
-    title = f"# Zero-shot results ({', '.join(config.methods)})\n\n"
-    atomic_write_text(out_dir / "results.md", title + markdown_tables(rows, classes=classes))
     timings["total"] = time.perf_counter() - started
     atomic_write_text(
         out_dir / "timings.json",
         json.dumps({"seconds": timings, "cache_hits": cache.hits, "cache_misses": cache.misses,
                     "environment": _environment()}, indent=2, sort_keys=True) + "\n",
     )
-    logger.info("wrote %d results to %s in %.1f s", len(rows), out_dir, timings["total"])
-    return results
+    logger.info("wrote %d results to %s in %.1f s", len(writer.rows), out_dir,
+                timings["total"])
+    return writer.results()
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from ._numba import num_threads
 from ._validation import as_float_array, check_int, check_magnitude, check_positive
 from .coreset import check_feature_rows
 
-__all__ = ["anomaly_map", "image_score", "nearest_neighbor_scores"]
+__all__ = ["anomaly_map", "image_score", "nearest_neighbor_scores", "resize_anomaly_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -512,6 +512,52 @@ def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
     np.add.at(weights, (rows, lower), 1.0 - fraction)
     np.add.at(weights, (rows, upper), fraction)
     return weights
+
+
+def resize_anomaly_map(anomaly_map: Any, image_shape: Any, valid: Any = None) -> np.ndarray:
+    """Resample an anomaly map to another image size, for example the scan's own.
+
+    Missing pixels (NaN) take the minimum finite score, the map is resampled
+    bilinearly (``align_corners=False`` convention, as :func:`anomaly_map`), and the
+    output is NaN where ``valid`` is False or, without ``valid``, where the
+    nearest-neighbour resampling of the input's NaN pattern is NaN.
+
+    Parameters
+    ----------
+    anomaly_map : array-like of shape (h, w)
+    image_shape : pair of int
+        Output ``(H, W)``.
+    valid : array-like of bool, shape (H, W), optional
+        Pixels of the output that hold a point.
+
+    Returns
+    -------
+    ndarray of shape (H, W), float32
+    """
+    values = as_float_array(anomaly_map, "anomaly_map")
+    if values.ndim != 2:
+        raise ValueError(f"anomaly_map must be 2-D, but got shape {values.shape}.")
+    height, width = _check_pair(image_shape, "image_shape")
+    if valid is not None:
+        valid = np.asarray(valid, bool)
+        if valid.shape != (height, width):
+            raise ValueError(
+                f"valid must have shape {(height, width)}, but got {valid.shape}."
+            )
+    finite = np.isfinite(values)
+    if np.isinf(values).any():
+        raise ValueError("anomaly_map contains infinite values; only NaN marks missing pixels.")
+    fill = float(values[finite].min()) if finite.any() else 0.0
+    filled = np.where(finite, values, fill).astype(np.float64)
+    rows = bilinear_weights(values.shape[0], height)
+    columns = bilinear_weights(values.shape[1], width)
+    out = (rows @ filled @ columns.T).astype(np.float32)
+    if valid is None:
+        pick_rows = np.minimum((np.arange(height) + 0.5) * values.shape[0] / height, values.shape[0] - 1).astype(np.intp)
+        pick_cols = np.minimum((np.arange(width) + 0.5) * values.shape[1] / width, values.shape[1] - 1).astype(np.intp)
+        valid = finite[np.ix_(pick_rows, pick_cols)]
+    out[~valid] = np.nan
+    return out
 
 
 def image_score(anomaly_map: Any) -> float:

@@ -236,7 +236,11 @@ class ZAL3DBackend:
                 extractor = RGBFeatureExtractor(self.rgb_arch, weights="imagenet",
                                                 device=self.device, seed=self.seed)
             except RuntimeError as error:
-                logger.warning("rgb branch left out: %s", str(error).split(".")[0])
+                logger.warning(
+                    "rgb branch left out: no ImageNet weights for %s were found (%s). "
+                    "Pass rgb_weights=PATH (--rgb-weights) to use the branch.",
+                    self.rgb_arch, error,
+                )
                 self.rgb_weights = "none"
                 return None
             self.rgb_weights = "imagenet"

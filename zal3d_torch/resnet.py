@@ -136,8 +136,19 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 f"reading {path} needs the safetensors package. Install it with "
                 "'pip install safetensors', or save the weights with torch.save."
             ) from None
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as error:  # safetensors raises its own error types
+            raise ValueError(
+                f"weights file {path} is not a readable safetensors file: {error}"
+            ) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file surfaces as KeyError, EOFError, ...
+        raise ValueError(
+            f"weights file {path} is not a readable torch checkpoint (truncated, "
+            f"corrupted or of another format): {type(error).__name__}: {error}"
+        ) from None
     # Training checkpoints often wrap the weights as {"state_dict": ...}.
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

@@ -19,7 +19,7 @@ import pytest
 from zal3d_core import cli
 from zal3d_core.cli import main
 from zal3d_core.demo import DEMO_CLASSES, generate_demo_dataset
-from zal3d_core.io import write_organized_tiff, write_png
+from zal3d_core.io import read_organized, write_organized_tiff, write_png
 
 CLASSES = DEMO_CLASSES[:2]
 QUIET = ["--size", "64", "--heatmaps", "0", "-q"]
@@ -107,7 +107,11 @@ def copy_dataset(dataset: Path, tmp_path: Path) -> Path:
         (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
         (["--heatmaps", "-2"], "argument --heatmaps: expected an integer >= 0"),
         (["--search", "brute"], "argument --search: invalid choice: 'brute'"),
-        (["--sigma", "x"], "argument --sigma: invalid float value: 'x'"),
+        (["--sigma", "x"], "argument --sigma: expected a number, got 'x'"),
+        (["--sigma", "nan"], "argument --sigma: expected a finite number >= 0, got 'nan'"),
+        (["--sigma", "-1"], "argument --sigma: expected a finite number >= 0, got '-1'"),
+        (["--n-reweight", "0"], "argument --n-reweight: expected an integer >= 1, got '0'"),
+        (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
@@ -156,9 +160,6 @@ def test_bad_commands(argv, message, capsys):
             "sigma must be at most 4 times the larger side of the preprocessed "
             "samples, 256 pixels",
         ),
-        (["--sigma", "nan"], "sigma must be a finite number >= 0, but got nan"),
-        (["--sigma", "-1"], "sigma must be a finite number >= 0, but got -1.0"),
-        (["--n-reweight", "0"], "n_reweight must be >= 1, but got 0"),
         (
             ["--method", ","],
             "--method names no method (got ','); pass e.g. --method btf",
@@ -453,11 +454,11 @@ def test_predict_bad_inputs(model_file, dataset, capsys, tmp_path):
             capsys,
         )
 
-    assert "File not found" in predict(tmp_path / "absent.tiff")
+    assert "--input file not found: " in predict(tmp_path / "absent.tiff")
     assert "unknown extension '.png'" in predict(
         dataset / CLASSES[1] / "test" / "dent" / "rgb" / "000.png"
     )
-    assert "is not a regular file (is it a folder?)" in predict(tmp_path)
+    assert "--input file not found: " in predict(tmp_path)
     empty = tmp_path / "empty.tiff"
     empty.write_bytes(b"")
     assert "empty.tiff is truncated or not a valid TIFF file" in predict(empty)
@@ -469,11 +470,11 @@ def test_predict_bad_inputs(model_file, dataset, capsys, tmp_path):
     assert "found 0 valid border points" in predict(hollow)
     first = dataset / CLASSES[1] / "test" / "dent" / "xyz" / "000.tiff"
     second = dataset / CLASSES[1] / "test" / "good" / "xyz" / "000.tiff"
-    line = predict(first, second)
-    assert (
-        "share the name '000', so their anomaly maps would overwrite each other" in line
-    )
-    assert list((tmp_path / "out").glob("000_anomaly_map.*")) == []
+    assert main(["predict", "--model", str(model_file), "--input", str(first), str(second),
+                 "--out", str(tmp_path / "two"), "-q"]) == 0
+    # Same file names in different folders get names from their folders.
+    names = sorted(p.name for p in (tmp_path / "two").glob("*_anomaly_map.npz"))
+    assert names == ["dent_xyz_000_tiff_anomaly_map.npz", "good_xyz_000_tiff_anomaly_map.npz"]
 
 
 def test_predict_writes_maps(model_file, dataset, capsys, tmp_path):
@@ -492,7 +493,8 @@ def test_predict_writes_maps(model_file, dataset, capsys, tmp_path):
     )
     assert status == 0
     with np.load(tmp_path / "out" / "000_anomaly_map.npz") as data:
-        assert data["anomaly_map"].shape == (64, 64)
+        assert data["anomaly_map"].shape == read_organized(scan).shape[:2]
+        assert data["anomaly_map_preprocessed"].shape == (64, 64)
     assert capsys.readouterr().err == ""
 
 

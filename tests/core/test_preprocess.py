@@ -626,3 +626,15 @@ def test_preprocess_sample_errors():
     empty = dataclasses.replace(sample, xyz=np.full_like(sample.xyz, np.nan))
     with pytest.raises(ValueError, match="found 0 valid border points"):
         preprocess_sample(empty)
+
+
+def test_preprocess_sample_names_scan_when_plane_fails(tmp_path):
+    from zal3d_core.datasets import Sample
+
+    xyz = np.full((40, 40, 3), np.nan, np.float32)
+    xyz[15:25, 15:25] = 0.5
+    sample = Sample(xyz=xyz, rgb=None, gt=None, label=0, class_name="c", split="test",
+                    defect="good", name="test/good/000", path=tmp_path / "000.tiff")
+    with pytest.raises(ValueError, match=r"000\.tiff: background plane removal failed: .*"
+                       r"found 0 valid border points.*--plane-border N.*--no-plane-removal"):
+        preprocess_sample(sample)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from zal3d_core.cli import main
+from zal3d_core.io import read_organized
 from zal3d_core.demo import DEMO_CLASSES, generate_demo_dataset
 from zal3d_core.runner import RunConfig, parse_class_spec, run_zero_shot
 
@@ -133,7 +134,11 @@ def test_cli_zero_shot_and_fit_predict(tiny_dataset, tmp_path, capsys):
                    "--out", str(tmp_path / "single"), "-q"])
     assert status == 0
     with np.load(tmp_path / "single" / f"{tiff.stem}_anomaly_map.npz") as data:
-        assert data["anomaly_map"].shape == (64, 64)
+        # The map comes at the scan's own resolution and at the model's.
+        assert data["anomaly_map"].shape == (128, 128)
+        assert data["anomaly_map_preprocessed"].shape == (64, 64)
+        raw = read_organized(tiff)
+        assert np.array_equal(np.isnan(data["anomaly_map"]), np.isnan(raw[..., 2]))
 
 
 @pytest.mark.parametrize(
@@ -168,3 +173,108 @@ def test_cli_bad_argument_values(capsys):
               "--coreset-ratio", "2"])
     assert exit_info.value.code == 2
     assert "expected a ratio in (0, 1], got '2'" in capsys.readouterr().err
+
+
+def _copy_without_xyz(dataset, tmp_path, name):
+    import shutil
+
+    root = tmp_path / "partial"
+    shutil.copytree(dataset, root)
+    for folder in (root / name).rglob("xyz"):
+        shutil.rmtree(folder)
+    return root
+
+
+def test_class_without_xyz_is_skipped_in_all(tiny_dataset, tmp_path, caplog):
+    root = _copy_without_xyz(tiny_dataset, tmp_path, CLASSES[2])
+    results = run(root, tmp_path / "out", tmp_path / "cache", train_class="all")
+    pairs = {(r["train"], r["test"]) for r in results["results"]}
+    assert pairs == {(CLASSES[0], CLASSES[1]), (CLASSES[1], CLASSES[0])}
+    assert f"class {CLASSES[2]} is skipped" in caplog.text
+
+
+def test_requested_class_without_xyz_fails_before_work(tiny_dataset, tmp_path):
+    root = _copy_without_xyz(tiny_dataset, tmp_path, CLASSES[2])
+    with pytest.raises(ValueError, match=f"class '{CLASSES[2]}' cannot be scored: .*no xyz"):
+        run(root, tmp_path / "out", tmp_path / "cache", train_class=CLASSES[2])
+    with pytest.raises(ValueError, match=f"class '{CLASSES[2]}' cannot be scored"):
+        run(root, tmp_path / "out", tmp_path / "cache", train_class=CLASSES[0],
+            test_classes=CLASSES[2])
+    assert not (tmp_path / "out").exists()
+
+
+def test_nothing_to_evaluate_is_an_error(tiny_dataset, tmp_path):
+    root = _copy_without_xyz(tiny_dataset, tmp_path, CLASSES[1])
+    import shutil
+
+    shutil.rmtree(root / CLASSES[2])
+    with pytest.raises(ValueError, match=r"nothing to evaluate: .*\(.* skipped: "):
+        run(root, tmp_path / "out", tmp_path / "cache", train_class=CLASSES[0])
+
+
+def test_output_inside_dataset_is_rejected(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="out_dir .* lies inside the dataset folder"):
+        run(tiny_dataset, tiny_dataset / "results", tmp_path / "cache", train_class=CLASSES[0])
+    with pytest.raises(ValueError, match="cache_dir .* lies inside the dataset folder"):
+        run(tiny_dataset, tmp_path / "out", tiny_dataset / "cache", train_class=CLASSES[0])
+    assert not (tiny_dataset / "results").exists()
+
+
+def test_finished_pairs_survive_a_failure(tiny_dataset, tmp_path, monkeypatch):
+    import zal3d_core.runner as runner
+
+    original = runner._evaluate_class
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_evaluate_class", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run(tiny_dataset, tmp_path / "out", tmp_path / "cache", train_class=CLASSES[0])
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    first_test = sorted(c for c in CLASSES if c != CLASSES[0])[0]
+    assert [(r["train"], r["test"]) for r in saved] == [(CLASSES[0], first_test)]
+    assert len((tmp_path / "out" / "results.csv").read_text().splitlines()) == 2
+
+
+def test_cli_predict_names_and_failures(tiny_dataset, tmp_path, capsys):
+    common = ["--size", "64", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    assert main(["fit", "--data-root", str(tiny_dataset), "--train-class", CLASSES[0],
+                 "--model", str(tmp_path / "m.npz"), *common]) == 0
+    first = tiny_dataset / CLASSES[1] / "test" / "dent" / "xyz" / "000.tiff"
+    second = tiny_dataset / CLASSES[1] / "test" / "good" / "xyz" / "000.tiff"
+    broken = tmp_path / "broken.tiff"
+    broken.write_bytes(first.read_bytes()[:200])
+    status = main(["predict", "--model", str(tmp_path / "m.npz"), "--input", str(first),
+                   str(broken), str(second), "--out", str(tmp_path / "maps"), "-q"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "1 of 3 scans failed, the first: " in err
+    written = sorted(p.name for p in (tmp_path / "maps").glob("*.npz"))
+    assert len(written) == 2
+    assert written[0] != written[1]
+    scores = (tmp_path / "maps" / "scores.csv").read_text().splitlines()
+    assert scores[0] == "file,output,image_score"
+    assert len(scores) == 3
+
+
+def test_resize_anomaly_map_keeps_nan_pattern():
+    from zal3d_core.scoring import resize_anomaly_map
+
+    amap = np.arange(16, dtype=np.float32).reshape(4, 4)
+    amap[0, 0] = np.nan
+    out = resize_anomaly_map(amap, (8, 8))
+    assert out.shape == (8, 8)
+    assert np.isnan(out[:2, :2]).all()
+    assert np.isfinite(out[2:, 2:]).all()
+    valid = np.ones((8, 8), bool)
+    valid[7, 7] = False
+    out = resize_anomaly_map(amap, (8, 8), valid=valid)
+    assert np.isnan(out[7, 7])
+    assert np.isfinite(out[0, 0])
+    flat = resize_anomaly_map(np.full((3, 3), 2.0), (5, 7))
+    np.testing.assert_allclose(flat, 2.0)

@@ -374,3 +374,11 @@ def test_rgb_features_on_cuda(rgb):
     assert next(extractor.model.parameters()).device.type == "cuda"
     reference = RGBFeatureExtractor("resnet50", weights="random", device="cpu", image_size=64)
     np.testing.assert_allclose(extractor(rgb), reference(rgb), rtol=1e-3, atol=1e-3)
+
+
+def test_corrupt_weights_file_is_a_value_error(tmp_path):
+    path = tmp_path / "bogus.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match="bogus.pth is not a readable torch checkpoint"):
+        load_resnet("resnet50", str(path))
