@@ -208,7 +208,7 @@ class SampleRecord:
             m for m in MODALITIES if m in available or (m == "gt" and self.label == 0)
         )
         names = [
-            "gt (all False, no file needed for a good sample)"
+            "gt (a good sample needs no mask file: its mask is all False)"
             if m == "gt" and m not in available
             else m
             for m in usable

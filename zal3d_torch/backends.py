@@ -33,6 +33,8 @@ from .train import ANOMALY_TYPES, build_training_data, train_encoder
 
 logger = logging.getLogger(__name__)
 
+_RGB_WARNED: set[str] = set()
+
 __all__ = ["ZAL3DBackend", "register"]
 
 BRANCHES = ("rgb", "fpfh", "point")
@@ -236,7 +238,11 @@ class ZAL3DBackend:
                 extractor = RGBFeatureExtractor(self.rgb_arch, weights="imagenet",
                                                 device=self.device, seed=self.seed)
             except RuntimeError as error:
-                logger.warning(
+                # One warning per architecture and process; a train x test matrix
+                # builds one backend per class and would repeat it.
+                log = logger.debug if self.rgb_arch in _RGB_WARNED else logger.warning
+                _RGB_WARNED.add(self.rgb_arch)
+                log(
                     "rgb branch left out: no ImageNet weights for %s were found (%s). "
                     "Pass rgb_weights=PATH (--rgb-weights) to use the branch.",
                     self.rgb_arch, error,

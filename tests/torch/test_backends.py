@@ -168,3 +168,19 @@ def test_runner_compares_methods_side_by_side(dataset, tmp_path):
     table = (tmp_path / "out" / "results.md").read_text()
     assert "### 3dzal: AU-PRO (FPR limit 0.3)" in table
     assert "### Mean over test classes, by method" in table
+
+
+def test_missing_imagenet_weights_drop_rgb_with_one_warning(tmp_path, monkeypatch, caplog):
+    import zal3d_torch.backends as backends
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    monkeypatch.setattr(backends, "_RGB_WARNED", set())
+    with caplog.at_level("DEBUG", logger="zal3d_torch.backends"):
+        first = ZAL3DBackend(branches=("rgb", "fpfh"), rgb_arch="resnet50", device="cpu")
+        second = ZAL3DBackend(branches=("rgb", "fpfh"), rgb_arch="resnet50", device="cpu")
+    for backend in (first, second):
+        assert backend.rgb_weights == "none"
+        assert backend.branches == ("fpfh",)
+    left_out = [r for r in caplog.records if "rgb branch left out" in r.getMessage()]
+    assert [r.levelname for r in left_out] == ["WARNING", "DEBUG"]
+    assert "resnet50" in left_out[0].getMessage()
