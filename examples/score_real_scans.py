@@ -10,7 +10,7 @@ Usage::
 
     python examples/score_real_scans.py --data ../shared/data --out docs/images
 
-Writes ``real_<name>.png`` (depth | depth | anomaly map) per scan into ``--out`` and
+Writes ``real_<name>.png`` (depth image | anomaly map over it) per scan into ``--out`` and
 prints the image scores and timings.
 """
 

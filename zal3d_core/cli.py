@@ -137,6 +137,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "(default: all but point; the classifier reads fpfh,point)")
     parser.add_argument("--device", default=None,
                         help="3dzal: torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--weight-distance", type=_non_negative_float, default=None,
+                        help="3dzal: weight w_d of the distance score in the fused score "
+                             "(default: 1)")
+    parser.add_argument("--weight-classifier", type=_non_negative_float, default=None,
+                        help="3dzal: weight w_c of the classifier score in the fused score; "
+                             "0 scores by distance only (default: 1)")
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -273,7 +279,8 @@ def _methods(args: argparse.Namespace) -> list[str]:
 
 
 TORCH_ONLY_OPTIONS = ("rgb_weights", "epochs", "classifier_epochs", "anomaly_types",
-                      "bias_cnn", "branches", "bank_branches", "device")
+                      "bias_cnn", "branches", "bank_branches", "device",
+                      "weight_distance", "weight_classifier")
 
 
 def _backend_config(args: argparse.Namespace, methods: Sequence[str]) -> dict[str, dict]:
@@ -281,7 +288,7 @@ def _backend_config(args: argparse.Namespace, methods: Sequence[str]) -> dict[st
         given = [f"--{name.replace('_', '-')}" for name in TORCH_ONLY_OPTIONS
                  if getattr(args, name, None) is not None]
         if given:
-            logger.warning("%s apply to --method 3dzal only and are ignored here",
+            logger.warning("ignored options (they apply to --method 3dzal only): %s",
                            ", ".join(given))
     configs: dict[str, dict] = {}
     for method in methods:
@@ -304,6 +311,12 @@ def _backend_config(args: argparse.Namespace, methods: Sequence[str]) -> dict[st
             config["seed"] = args.seed
         configs[method] = config
     return configs
+
+
+def _fusion_weights(args: argparse.Namespace) -> dict:
+    weights = {"weight_distance": args.weight_distance,
+               "weight_classifier": args.weight_classifier}
+    return {key: 1.0 if value is None else value for key, value in weights.items()}
 
 
 def _preprocess(args: argparse.Namespace) -> dict:
@@ -339,6 +352,7 @@ def _run_config(args: argparse.Namespace, data_root: Path, out: Path):
         seed=args.seed,
         n_reweight=args.n_reweight,
         sigma=args.sigma,
+        **_fusion_weights(args),
         preprocess=_preprocess(args),
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
@@ -390,7 +404,7 @@ def _command_demo(args: argparse.Namespace) -> int:
 
 def _model_kwargs(args: argparse.Namespace) -> dict:
     return dict(coreset_ratio=args.coreset_ratio, seed=args.seed, n_reweight=args.n_reweight,
-                sigma=args.sigma, preprocess=_preprocess(args))
+                sigma=args.sigma, preprocess=_preprocess(args), **_fusion_weights(args))
 
 
 def _command_fit(args: argparse.Namespace) -> int:

@@ -86,6 +86,9 @@ class RunConfig:
     seed: int = 0
     n_reweight: int = 3
     sigma: float = 4.0
+    # Fusion weights of models with a classifier (3dzal); the others ignore them.
+    weight_distance: float = 1.0
+    weight_classifier: float = 1.0
     preprocess: dict[str, Any] = dataclasses.field(default_factory=dict)
     cache_dir: Path | None = None
     use_cache: bool = True
@@ -400,6 +403,8 @@ class _ResultWriter:
                 "seed": config.seed,
                 "n_reweight": config.n_reweight,
                 "sigma": config.sigma,
+                "weight_distance": config.weight_distance,
+                "weight_classifier": config.weight_classifier,
                 "preprocess": config.preprocess,
             },
         }
@@ -430,6 +435,7 @@ def _fit_model(method, group, backend_config, dataset, cache, config, timings):
         get_backend(backend_name, **backend_config),
         coreset_ratio=config.coreset_ratio, seed=config.seed,
         n_reweight=config.n_reweight, sigma=config.sigma,
+        weight_distance=config.weight_distance, weight_classifier=config.weight_classifier,
         preprocess=config.preprocess or None,
     )
     train_records = [r for c in group for r in _records(dataset, c, "train", ["good"])]

@@ -112,6 +112,10 @@ def copy_dataset(dataset: Path, tmp_path: Path) -> Path:
         (["--sigma", "-1"], "argument --sigma: expected a finite number >= 0, got '-1'"),
         (["--n-reweight", "0"], "argument --n-reweight: expected an integer >= 1, got '0'"),
         (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
+        (
+            ["--weight-classifier", "-0.5"],
+            "argument --weight-classifier: expected a finite number >= 0, got '-0.5'",
+        ),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )

@@ -278,3 +278,32 @@ def test_resize_anomaly_map_keeps_nan_pattern():
     assert np.isfinite(out[0, 0])
     flat = resize_anomaly_map(np.full((3, 3), 2.0), (5, 7))
     np.testing.assert_allclose(flat, 2.0)
+
+
+def test_cli_fusion_weights_reach_config(tmp_path, caplog):
+    from zal3d_core import cli
+
+    parser = cli.build_parser()
+    base = ["zero-shot", "--data-root", "d", "--train-class", "a", "--out", str(tmp_path)]
+    args = parser.parse_args([*base, "--method", "3dzal", "--weight-distance", "0.5",
+                              "--weight-classifier", "2"])
+    config = cli._run_config(args, tmp_path / "d", tmp_path / "o")
+    assert config.weight_distance == 0.5
+    assert config.weight_classifier == 2.0
+
+    default = cli._run_config(parser.parse_args(base), tmp_path / "d", tmp_path / "o")
+    assert (default.weight_distance, default.weight_classifier) == (1.0, 1.0)
+
+    with caplog.at_level("WARNING", logger="zal3d_core.cli"):
+        cli._run_config(parser.parse_args([*base, "--weight-classifier", "0"]),
+                        tmp_path / "d", tmp_path / "o")
+    expected = "ignored options (they apply to --method 3dzal only): --weight-classifier"
+    assert expected in caplog.text
+
+
+def test_fusion_weights_are_recorded(tiny_dataset, tmp_path):
+    run(tiny_dataset, tmp_path / "out", tmp_path / "cache", train_class=CLASSES[0],
+        weight_classifier=0.25)
+    header = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert header["config"]["weight_classifier"] == 0.25
+    assert header["config"]["weight_distance"] == 1.0

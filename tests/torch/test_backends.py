@@ -170,7 +170,7 @@ def test_runner_compares_methods_side_by_side(dataset, tmp_path):
     assert "### Mean over test classes, by method" in table
 
 
-def test_missing_imagenet_weights_drop_rgb_with_one_warning(tmp_path, monkeypatch, caplog):
+def test_missing_rgb_weights_warn_once(tmp_path, monkeypatch, caplog):
     import zal3d_torch.backends as backends
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
