@@ -137,6 +137,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "(default: all but point; the classifier reads fpfh,point)")
     parser.add_argument("--device", default=None,
                         help="3dzal: torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--classifier-centering", choices=("scan", "none"), default=None,
+                        help="3dzal: subtract each scan's median patch feature before the "
+                             "classifier (scan) or not (none) (default: none)")
     parser.add_argument("--weight-distance", type=_non_negative_float, default=None,
                         help="3dzal: weight w_d of the distance score in the fused score "
                              "(default: 1)")
@@ -280,7 +283,7 @@ def _methods(args: argparse.Namespace) -> list[str]:
 
 TORCH_ONLY_OPTIONS = ("rgb_weights", "epochs", "classifier_epochs", "anomaly_types",
                       "bias_cnn", "branches", "bank_branches", "device",
-                      "weight_distance", "weight_classifier")
+                      "weight_distance", "weight_classifier", "classifier_centering")
 
 
 def _backend_config(args: argparse.Namespace, methods: Sequence[str]) -> dict[str, dict]:
@@ -299,7 +302,8 @@ def _backend_config(args: argparse.Namespace, methods: Sequence[str]) -> dict[st
             for key, value in (("rgb_weights", args.rgb_weights), ("epochs", args.epochs),
                                ("classifier_epochs", args.classifier_epochs),
                                ("anomaly_types", args.anomaly_types),
-                               ("bias_cnn", args.bias_cnn), ("device", args.device)):
+                               ("bias_cnn", args.bias_cnn), ("device", args.device),
+                               ("classifier_centering", args.classifier_centering)):
                 if value is not None:
                     config[key] = value
             if args.branches is not None:

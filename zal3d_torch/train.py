@@ -72,6 +72,9 @@ class TrainingData:
         Centred point sets of normal and pseudo-anomaly patches.
     normal_fpfh, pseudo_fpfh : ndarray of shape (n, 33), float32
         Pooled FPFH features of the same patches.
+    normal_scan, pseudo_scan : ndarray of shape (n,), int64
+        Index of the normal scan each patch comes from; a pseudo-anomaly patch gets
+        the index of the scan its synthesised variant was made from.
     n_samples : int
         Number of normal scans used.
     n_variants : int
@@ -84,6 +87,8 @@ class TrainingData:
     pseudo_fpfh: np.ndarray
     n_samples: int
     n_variants: int
+    normal_scan: np.ndarray
+    pseudo_scan: np.ndarray
 
 
 def _variant_kinds(anomaly_types: str, count: int, rng: np.random.Generator) -> list[str]:
@@ -171,6 +176,7 @@ def build_training_data(
         raise ValueError("build_training_data needs at least one normal scan, but got none.")
     rng = np.random.default_rng(seed)
     normal_points, normal_fpfh, pseudo_points, pseudo_fpfh = [], [], [], []
+    normal_scan, pseudo_scan = [], []
     n_variants = 0
     started = time.perf_counter()
     for index, sample in enumerate(_progress(samples, desc="pseudo anomalies",
@@ -184,6 +190,7 @@ def build_training_data(
             rows = np.sort(rng.choice(rows, max_normal_per_sample, replace=False))
         normal_points.append(points[rows])
         normal_fpfh.append(base.features[rows])
+        normal_scan.append(np.full(rows.size, index, np.int64))
 
         valid = base.valid
         if bias_cnn == "none":
@@ -224,6 +231,7 @@ def build_training_data(
             )
             pseudo_points.append(variant_points[hit])
             pseudo_fpfh.append(variant.features[hit])
+            pseudo_scan.append(np.full(hit.size, index, np.int64))
             n_variants += 1
         logger.debug("scan %d: %d normal patches, %d variants so far", index, rows.size,
                      n_variants)
@@ -239,6 +247,8 @@ def build_training_data(
         pseudo_fpfh=np.concatenate(pseudo_fpfh),
         n_samples=len(samples),
         n_variants=n_variants,
+        normal_scan=np.concatenate(normal_scan),
+        pseudo_scan=np.concatenate(pseudo_scan),
     )
     logger.info(
         "training data: %d normal and %d pseudo-anomaly patches from %d scans and %d "

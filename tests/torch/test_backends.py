@@ -82,6 +82,7 @@ def test_fit_trains_every_part(fitted):
 
 def test_branches_are_scaled_to_unit_mean_norm(fitted, dataset):
     backend = fitted.backend
+    assert backend.classifier_centering == "none"
     sample = fitted.preprocess(MVTec3D(dataset).samples("plate", "train", ["good"])[0].load())
     features = backend.extract(sample)
     for rows, branches in ((features.features, backend.bank_branches),
@@ -94,6 +95,24 @@ def test_branches_are_scaled_to_unit_mean_norm(fitted, dataset):
             assert 0.3 < norms.mean() < 3.0, branch
             offset += dim
         assert offset == rows.shape[1]
+
+
+def test_classifier_input_centred_per_scan(dataset):
+    records = MVTec3D(dataset).samples("plate", "train", ["good"])
+    model = ZeroShotModel(get_backend("3dzal", classifier_centering="scan", **SMALL),
+                          preprocess={"size": 96})
+    model.fit([r.load() for r in records])
+    backend = model.backend
+    raw = MVTec3D(dataset).samples("dome", "test")[0].load()
+    features = backend.extract(model.preprocess(raw))
+    aux = features.aux[features.patch_valid]
+    expected_dim = sum(backend.branch_dims[b] for b in backend.classifier_branches)
+    assert aux.shape[1] == expected_dim
+    np.testing.assert_allclose(np.median(aux, axis=0), 0.0, atol=1e-6)
+    prediction = model.predict(raw)
+    assert np.isfinite(prediction.image_score)
+    with pytest.raises(ValueError, match="classifier_centering must be 'scan' or 'none'"):
+        ZAL3DBackend(classifier_centering="image", device="cpu")
 
 
 def test_predict_gives_bounded_classifier_scores(fitted, dataset):
