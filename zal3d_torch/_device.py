@@ -136,6 +136,38 @@ def check_seed(seed: Any, name: str = "seed") -> int | None:
     return seed
 
 
+def check_real(value: Any, name: str, *, allow_zero: bool) -> float:
+    """Return ``value`` as a float after checking that it is finite and > 0 (or >= 0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number, but got {type(value).__name__}."
+        )
+    value = float(value)
+    in_range = value >= 0 if allow_zero else value > 0
+    if not (in_range and np.isfinite(value)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, but got {value!r}.")
+    return value
+
+
+def _numeric_tensor(value: Any, *, dtype_error: str, type_error: str) -> torch.Tensor:
+    """Convert a tensor, array, list or tuple of numbers or bools to a detached tensor.
+
+    ``dtype_error`` and ``type_error`` are the TypeError messages for an array of
+    another dtype (formatted with ``{dtype}``) and for a value of another type.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (np.ndarray, list, tuple)):
+        array = np.asarray(value)
+        if array.dtype == object or not (
+            np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
+        ):
+            raise TypeError(dtype_error.format(dtype=array.dtype))
+        return torch.as_tensor(array)
+    raise TypeError(type_error)
+
+
 def check_float_tensor(
     value: Any, name: str, *, ndim: int, last: int | None = None, shape_text: str = ""
 ) -> torch.Tensor:
@@ -173,22 +205,12 @@ def as_feature_tensor(
     value: Any, name: str, *, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
     """Convert a finite ``(N, D)`` array or tensor to ``dtype`` on ``device``."""
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach()
-    elif isinstance(value, (np.ndarray, list, tuple)):
-        array = np.asarray(value)
-        if array.dtype == object or not (
-            np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
-        ):
-            raise TypeError(
-                f"{name} must contain numbers, but got an array of dtype {array.dtype}."
-            )
-        tensor = torch.as_tensor(array)
-    else:
-        raise TypeError(
-            f"{name} must be a torch.Tensor or a NumPy array of shape (N, D), but got "
-            f"{type(value).__name__}."
-        )
+    tensor = _numeric_tensor(
+        value,
+        dtype_error=f"{name} must contain numbers, but got an array of dtype {{dtype}}.",
+        type_error=f"{name} must be a torch.Tensor or a NumPy array of shape (N, D), but "
+                   f"got {type(value).__name__}.",
+    )
     if tensor.is_complex():
         raise TypeError(f"{name} must be real, but got dtype {tensor.dtype}.")
     if tensor.ndim != 2:
@@ -211,22 +233,12 @@ def check_labels(value: Any, n_rows: int, *, device: torch.device) -> torch.Tens
 
     Bool, integer and floating-point labels are accepted when every value is 0 or 1.
     """
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach()
-    elif isinstance(value, (np.ndarray, list, tuple)):
-        array = np.asarray(value)
-        if array.dtype == object or not (
-            np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
-        ):
-            raise TypeError(
-                f"labels must contain 0 and 1, but got an array of dtype {array.dtype}."
-            )
-        tensor = torch.as_tensor(array)
-    else:
-        raise TypeError(
-            f"labels must be a torch.Tensor or a NumPy array of shape (N,), but got "
-            f"{type(value).__name__}."
-        )
+    tensor = _numeric_tensor(
+        value,
+        dtype_error="labels must contain 0 and 1, but got an array of dtype {dtype}.",
+        type_error=f"labels must be a torch.Tensor or a NumPy array of shape (N,), but "
+                   f"got {type(value).__name__}.",
+    )
     if tensor.shape != (n_rows,):
         raise ValueError(
             f"labels must have shape ({n_rows},), one label per row of the features, "

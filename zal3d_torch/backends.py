@@ -414,7 +414,7 @@ class ZAL3DBackend:
             x_pseudo = np.concatenate(
                 [pseudo[b] / self.scales[b] for b in self.classifier_branches], axis=1)
             if self.classifier_centering == "scan":
-                # The scan's median over its sampled normal patches stands in for the
+                # The median over the scan's sampled normal patches approximates the
                 # median over all its patches, which extract() subtracts at test time.
                 for scan in np.unique(data.normal_scan):
                     centre = np.median(x_normal[data.normal_scan == scan], axis=0)

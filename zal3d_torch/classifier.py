@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._device import as_feature_tensor, check_labels, check_seed, seeded
+from ._device import as_feature_tensor, check_labels, check_real, check_seed, seeded
 
 __all__ = [
     "NormalcyClassifier",
@@ -47,19 +47,6 @@ def _check_positive_int(value: Any, name: str) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, but got {value}.")
     return int(value)
-
-
-def _check_real(value: Any, name: str, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a real number, but got {type(value).__name__}."
-        )
-    value = float(value)
-    ok = value >= 0 if allow_zero else value > 0
-    if not (ok and np.isfinite(value)):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, but got {value!r}.")
-    return value
 
 
 class NormalcyClassifier(nn.Module):
@@ -110,7 +97,7 @@ class NormalcyClassifier(nn.Module):
         self.hidden = tuple(
             _check_positive_int(width, "hidden widths") for width in hidden
         )
-        dropout = _check_real(dropout, "dropout", allow_zero=True)
+        dropout = check_real(dropout, "dropout", allow_zero=True)
         if dropout >= 1:
             raise ValueError(f"dropout must be in [0, 1), but got {dropout!r}.")
         self.dropout = dropout
@@ -245,9 +232,9 @@ def fit_classifier(
     """
     weight = _parameter(classifier)
     epochs = _check_positive_int(epochs, "epochs")
-    lr = _check_real(lr, "lr", allow_zero=False)
+    lr = check_real(lr, "lr", allow_zero=False)
     batch_size = _check_positive_int(batch_size, "batch_size")
-    weight_decay = _check_real(weight_decay, "weight_decay", allow_zero=True)
+    weight_decay = check_real(weight_decay, "weight_decay", allow_zero=True)
     seed = check_seed(seed)
     if balance not in _BALANCES:
         raise ValueError(f"balance must be one of {_BALANCES}, but got {balance!r}.")
@@ -344,7 +331,7 @@ def _step_batch(
 
 
 def _batched(classifier, features, eta, batch_size, score: bool):
-    eta = _check_real(eta, "eta", allow_zero=True)
+    eta = check_real(eta, "eta", allow_zero=True)
     batch_size = _check_positive_int(batch_size, "batch_size")
     x = _as_input(classifier, features)
     was_training = classifier.training

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._device import check_float_tensor, check_labels, check_seed
+from ._device import check_float_tensor, check_labels, check_real, check_seed
 
 __all__ = [
     "contrastive_loss",
@@ -33,19 +33,6 @@ __all__ = [
 _NORM_EPS = 1e-12
 
 _MODES = ("squared", "absolute")
-
-
-def _check_weight(value: Any, name: str, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a real number, but got {type(value).__name__}."
-        )
-    value = float(value)
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not (low_ok and np.isfinite(value)):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, but got {value!r}.")
-    return value
 
 
 def contrastive_loss(
@@ -105,7 +92,7 @@ def contrastive_loss(
     >>> round(float(contrastive_loss(anchor, positives, negatives, 1.0)), 4)
     0.3133
     """
-    temperature = _check_weight(temperature, "temperature", allow_zero=False)
+    temperature = check_real(temperature, "temperature", allow_zero=False)
     ndim = anchor.ndim if isinstance(anchor, torch.Tensor) and anchor.ndim == 1 else 2
     anchor = check_float_tensor(
         anchor, "anchor", ndim=ndim, shape_text="(A, D) or (D,)"
@@ -195,7 +182,7 @@ def contrastive_loss_batch(
     >>> round(float(contrastive_loss_batch(embeddings, [0, 0, 1], 1.0)), 4)
     0.3133
     """
-    temperature = _check_weight(temperature, "temperature", allow_zero=False)
+    temperature = check_real(temperature, "temperature", allow_zero=False)
     embeddings = check_float_tensor(
         embeddings, "embeddings", ndim=2, shape_text="(B, D)"
     )
@@ -454,8 +441,8 @@ def total_loss(
         If a weight is negative or not finite, ``fpfh`` or ``projection`` is missing
         while ``w_rd > 0``, or a term rejects its input.
     """
-    w_con = _check_weight(w_con, "w_con", allow_zero=True)
-    w_rd = _check_weight(w_rd, "w_rd", allow_zero=True)
+    w_con = check_real(w_con, "w_con", allow_zero=True)
+    w_rd = check_real(w_rd, "w_rd", allow_zero=True)
     contrastive = contrastive_loss_batch(embeddings, labels, temperature)
     if w_rd > 0:
         if fpfh is None or projection is None:
