@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._progress import iterate_with_progress
 from ._version import __version__
 from .backend import FeatureBackend, PatchFeatures, backend_digest, get_backend
 from .coreset import greedy_coreset
@@ -74,16 +75,6 @@ def _check_preprocess(preprocess: Any) -> dict[str, Any]:
             f"{', '.join(known)}."
         )
     return preprocess
-
-
-def _progress(iterable, total=None, desc=None, enabled=False):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 class ZeroShotModel:
@@ -196,10 +187,8 @@ class ZeroShotModel:
     def fit(self, samples: Iterable[Any], *, progress: bool = False) -> ZeroShotModel:
         """Fit on raw normal samples: preprocess, train the backend if it learns, build the bank."""
         started = time.perf_counter()
-        prepared = [
-            self.preprocess(sample)
-            for sample in _progress(samples, desc="preprocess", enabled=progress)
-        ]
+        steps = iterate_with_progress(samples, desc="preprocess", enabled=progress)
+        prepared = [self.preprocess(sample) for sample in steps]
         if not prepared:
             raise ValueError("fit needs at least one normal sample, but got none.")
         logger.info("preprocessed %d training samples in %.1f s", len(prepared),
@@ -207,10 +196,8 @@ class ZeroShotModel:
         backend_fit = getattr(self.backend, "fit", None)
         if callable(backend_fit):
             backend_fit(prepared, progress=progress)
-        features = [
-            self.backend.extract(sample)
-            for sample in _progress(prepared, desc="features", enabled=progress)
-        ]
+        steps = iterate_with_progress(prepared, desc="features", enabled=progress)
+        features = [self.backend.extract(sample) for sample in steps]
         return self.fit_features(features, progress=progress)
 
     def fit_features(

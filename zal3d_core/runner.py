@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ._progress import iterate_with_progress
 from ._version import __version__
 from .backend import PatchFeatures, backend_digest, get_backend
 from .io import make_folder
@@ -175,16 +176,6 @@ class FeatureCache:
             logger.warning("could not write cache entry %s: %s", key, error)
 
 
-def _progress(iterable, total=None, desc=None, enabled=False):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False)
-
-
 def _sample_features(model, record, cache: FeatureCache, digest: str):
     """Patch features and the preprocessed gt of one sample record, cached."""
     key = cache.key(record, model.preprocess_config, digest)
@@ -235,8 +226,9 @@ def _evaluate_class(model, method, train_label, test_class, records, cache, dige
 
     started = time.perf_counter()
     maps, gts, labels, scores = [], [], [], []
-    for record in _progress(records, desc=f"{train_label} -> {test_class}",
-                            enabled=config.progress):
+    steps = iterate_with_progress(records, desc=f"{train_label} -> {test_class}",
+                                  enabled=config.progress)
+    for record in steps:
         features, gt = _sample_features(model, record, cache, digest)
         prediction = model.predict_features(features)
         if gt is None:
@@ -443,16 +435,17 @@ def _fit_model(method, group, backend_config, dataset, cache, config, timings):
         raise ValueError(f"class {label} has no train/good samples to fit on.")
     logger.info("[%s] fitting on %s: %d normal samples", method, label, len(train_records))
     if callable(getattr(model.backend, "fit", None)):
-        prepared = [model.preprocess(r.load()) for r in _progress(
-            train_records, desc=f"preprocess {label}", enabled=config.progress)]
+        steps = iterate_with_progress(train_records, desc=f"preprocess {label}",
+                                      enabled=config.progress)
+        prepared = [model.preprocess(r.load()) for r in steps]
         model.backend.fit(prepared, progress=config.progress)
         logger.info("[%s] %s: extracting features of %d training samples", method, label,
                     len(train_records))
     digest = backend_digest(model.backend)
+    steps = iterate_with_progress(train_records, desc=f"features {label}",
+                                  enabled=config.progress)
     train_features = [
-        _sample_features(model, record, cache, digest)[0]
-        for record in _progress(train_records, desc=f"features {label}",
-                                enabled=config.progress)
+        _sample_features(model, record, cache, digest)[0] for record in steps
     ]
     model.fit_features(train_features, progress=config.progress)
     timings[f"{method}/{label}/fit"] = time.perf_counter() - started

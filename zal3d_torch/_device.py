@@ -136,6 +136,17 @@ def check_seed(seed: Any, name: str = "seed") -> int | None:
     return seed
 
 
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int after checking that it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an int, but got {type(value).__name__} {value!r}."
+        )
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, but got {value}.")
+    return int(value)
+
+
 def check_real(value: Any, name: str, *, allow_zero: bool) -> float:
     """Return ``value`` as a float after checking that it is finite and > 0 (or >= 0)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -11,16 +11,21 @@ are our choices, each stated where it is made.
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._device import as_feature_tensor, check_labels, check_real, check_seed, seeded
+from ._device import (
+    as_feature_tensor,
+    check_labels,
+    check_positive_int,
+    check_real,
+    check_seed,
+    seeded,
+)
 
 __all__ = [
     "NormalcyClassifier",
@@ -37,16 +42,6 @@ _BALANCES = ("pos_weight", None)
 # magnitude is treated as constant and left unscaled, so that rounding noise in an
 # all-equal column (common in FPFH bins) is not blown up to unit variance.
 _CONSTANT_COLUMN = 1e-7
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{name} must be an int, but got {type(value).__name__} {value!r}."
-        )
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, but got {value}.")
-    return int(value)
 
 
 class NormalcyClassifier(nn.Module):
@@ -88,14 +83,14 @@ class NormalcyClassifier(nn.Module):
         seed: int | None = None,
     ):
         super().__init__()
-        self.in_dim = _check_positive_int(in_dim, "in_dim")
+        self.in_dim = check_positive_int(in_dim, "in_dim")
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise TypeError(
                 f"hidden must be a sequence of layer widths such as (128, 64), but got "
                 f"{hidden!r}."
             )
         self.hidden = tuple(
-            _check_positive_int(width, "hidden widths") for width in hidden
+            check_positive_int(width, "hidden widths") for width in hidden
         )
         dropout = check_real(dropout, "dropout", allow_zero=True)
         if dropout >= 1:
@@ -231,9 +226,9 @@ def fit_classifier(
         of length N, only one class occurs, or a number is out of range.
     """
     weight = _parameter(classifier)
-    epochs = _check_positive_int(epochs, "epochs")
+    epochs = check_positive_int(epochs, "epochs")
     lr = check_real(lr, "lr", allow_zero=False)
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = check_positive_int(batch_size, "batch_size")
     weight_decay = check_real(weight_decay, "weight_decay", allow_zero=True)
     seed = check_seed(seed)
     if balance not in _BALANCES:
@@ -332,7 +327,7 @@ def _step_batch(
 
 def _batched(classifier, features, eta, batch_size, score: bool):
     eta = check_real(eta, "eta", allow_zero=True)
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = check_positive_int(batch_size, "batch_size")
     x = _as_input(classifier, features)
     was_training = classifier.training
     classifier.eval()

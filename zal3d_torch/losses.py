@@ -11,14 +11,19 @@ is stated where it is made.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._device import check_float_tensor, check_labels, check_real, check_seed
+from ._device import (
+    check_float_tensor,
+    check_labels,
+    check_positive_int,
+    check_real,
+    check_seed,
+)
 
 __all__ = [
     "contrastive_loss",
@@ -261,8 +266,8 @@ def fpfh_projection(
     >>> torch.allclose(projection @ projection.T, torch.eye(33), atol=1e-5)
     True
     """
-    d_fpfh = _check_dimension(d_fpfh, "d_fpfh")
-    d = _check_dimension(d, "d")
+    d_fpfh = check_positive_int(d_fpfh, "d_fpfh")
+    d = check_positive_int(d, "d")
     seed = check_seed(seed)
     rng = np.random.default_rng(0 if seed is None else seed)
     tall, wide = max(d, d_fpfh), min(d, d_fpfh)
@@ -274,16 +279,6 @@ def fpfh_projection(
     q = q * signs
     matrix = q.T if d >= d_fpfh else q
     return torch.as_tensor(np.ascontiguousarray(matrix), dtype=dtype, device=device)
-
-
-def _check_dimension(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{name} must be an int, but got {type(value).__name__} {value!r}."
-        )
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, but got {value}.")
-    return int(value)
 
 
 def disentanglement_loss(

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zal3d_core._progress import iterate_with_progress
 from zal3d_core.patches import organized_patch_points, patch_boxes
 from zal3d_core.shapes import sample_random_shape
 from zal3d_core.synthesis import random_anchors, select_anchors, synthesize_organized
@@ -50,16 +51,6 @@ __all__ = [
 CHECKPOINT_FORMAT = "zal3d-torch-checkpoint"
 CHECKPOINT_VERSION = 1
 ANOMALY_TYPES = ("both", "adding", "removing")
-
-
-def _progress(iterable, total=None, desc=None, enabled=False):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 @dataclasses.dataclass
@@ -179,8 +170,8 @@ def build_training_data(
     normal_scan, pseudo_scan = [], []
     n_variants = 0
     started = time.perf_counter()
-    for index, sample in enumerate(_progress(samples, desc="pseudo anomalies",
-                                             enabled=progress)):
+    steps = iterate_with_progress(samples, desc="pseudo anomalies", enabled=progress)
+    for index, sample in enumerate(steps):
         xyz = sample.xyz
         base = fpfh_backend.extract(sample)
         points, _ = organized_patch_points(xyz, fpfh_backend.grid, fpfh_backend.pool_kernel,
@@ -304,7 +295,9 @@ def train_encoder(
         optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         encoder.train()
-        for _ in _progress(range(epochs), desc="encoder epochs", enabled=progress):
+        epoch_steps = iterate_with_progress(range(epochs), desc="encoder epochs",
+                                            enabled=progress)
+        for _ in epoch_steps:
             pseudo_order = torch.randperm(n_pseudo, generator=generator)
             normal_order = torch.randperm(n_normal, generator=generator)
             total = 0.0
