@@ -251,8 +251,8 @@ class ZAL3DBackend:
                 extractor = RGBFeatureExtractor(self.rgb_arch, weights="imagenet",
                                                 device=self.device, seed=self.seed)
             except RuntimeError as error:
-                # One warning per architecture and process; a train x test matrix
-                # builds one backend per class and would repeat it.
+                # Warn once per architecture and process, because a train x test
+                # matrix builds one backend per class and would repeat the warning.
                 log = logger.debug if self.rgb_arch in _RGB_WARNED else logger.warning
                 _RGB_WARNED.add(self.rgb_arch)
                 log(
