@@ -113,6 +113,10 @@ def copy_dataset(dataset: Path, tmp_path: Path) -> Path:
         (["--n-reweight", "0"], "argument --n-reweight: expected an integer >= 1, got '0'"),
         (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
         (
+            ["--classifier-centering", "image"],
+            "argument --classifier-centering: invalid choice: 'image'",
+        ),
+        (
             ["--weight-classifier", "-0.5"],
             "argument --weight-classifier: expected a finite number >= 0, got '-0.5'",
         ),
