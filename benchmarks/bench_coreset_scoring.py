@@ -111,8 +111,8 @@ def test_coreset_zal3d(benchmark, bank):
 
 @pytest.mark.benchmark(group="coreset")
 def test_coreset_zal3d_one_thread(benchmark, bank):
-    # One Numba thread runs the steps with no barrier between threads, so it shows
-    # what the kernel does when the other cores are busy. BLAS keeps its threads.
+    # One Numba thread runs the projection and the steps with no barrier between
+    # threads, so it shows what the kernel does when the other cores are busy.
     greedy_coreset(bank[:2000], ratio=RATIO, projection_dim=PROJECTION_DIM, n_jobs=1)
     picks = benchmark.pedantic(
         greedy_coreset,

@@ -21,10 +21,9 @@ logger = logging.getLogger(__name__)
 # Greedy steps per kernel call when a progress bar is shown.
 _PROGRESS_STEPS = 64
 
-# Panels projected per BLAS call. Four panels (4096 rows) keep the temporary small
-# (2 MiB at 128 dimensions) while making 4 times fewer calls than one per panel, each
-# of which starts and stops the BLAS threads.
-_PROJECTION_PANELS = 4
+# Squared distances between values beyond 1e18 overflow float32 and float64 sums,
+# which would make every row look equally far and the picks meaningless.
+MAX_FEATURE = 1e18
 
 
 def check_feature_rows(features: Any, name: str, *, min_rows: int = 1) -> np.ndarray:
@@ -34,6 +33,13 @@ def check_feature_rows(features: Any, name: str, *, min_rows: int = 1) -> np.nda
     kept as they are, made C-contiguous. Finiteness is checked by a kernel, which
     needs no temporary array the size of ``features``.
     """
+    array = check_feature_shape(features, name, min_rows=min_rows)
+    check_feature_values(array, name)
+    return array
+
+
+def check_feature_shape(features: Any, name: str, *, min_rows: int = 1) -> np.ndarray:
+    """Do the checks of ``check_feature_rows`` that do not read the values."""
     array = as_float_array(features, name)
     if array.ndim != 2:
         raise ValueError(
@@ -48,17 +54,19 @@ def check_feature_rows(features: Any, name: str, *, min_rows: int = 1) -> np.nda
         raise ValueError(
             f"{name} must have at least {min_rows} row(s), but got shape {array.shape}."
         )
-    array = np.ascontiguousarray(array)
+    return np.ascontiguousarray(array)
+
+
+def check_feature_values(array: np.ndarray, name: str) -> None:
+    """Raise ValueError unless every value of the 2-D ``array`` is finite and at most
+    ``MAX_FEATURE`` in magnitude."""
     bad = int(count_nonfinite_rows(array))
     if bad:
         raise ValueError(
             f"{name} contains NaN or infinite values in {bad} of {array.shape[0]} "
             "rows. Features must be finite, so drop the rows of missing patches first."
         )
-    # Squared distances between values beyond 1e18 overflow float32 and float64 sums,
-    # which would make every row look equally far and the picks meaningless.
-    check_magnitude(array, name, 1e18)
-    return array
+    check_magnitude(array, name, MAX_FEATURE)
 
 
 def _resolve_count(n: Any, ratio: Any, n_rows: int) -> int:
@@ -91,42 +99,41 @@ def _resolve_count(n: Any, ratio: Any, n_rows: int) -> int:
 
 
 def build_panels(
-    features: np.ndarray, projection_dim: int, seed: Any
+    features: np.ndarray, projection_dim: int, seed: Any, name: str = "features"
 ) -> tuple[np.ndarray, bool]:
     """Store the rows of ``features``, projected when they have more columns than
     ``projection_dim``, as the zero-padded panels that ``greedy_steps`` reads.
 
     The projection matrix has shape ``(D, projection_dim)`` and entries drawn from
     N(0, 1 / projection_dim) by ``numpy.random.default_rng(seed)``, which keeps
-    squared distances unbiased (Johnson-Lindenstrauss). The product runs in BLAS, in
-    the dtype of ``features``. Projected panels are float32; unprojected panels keep
-    the dtype of ``features``. Returns the panels and whether they were projected.
+    squared distances unbiased (Johnson-Lindenstrauss). A Numba kernel forms the
+    product in the dtype of ``features``, summing over the columns in index order,
+    so the panels are bit-identical for any thread count and any BLAS library.
+    Projected panels are float32; unprojected panels keep the dtype of ``features``.
+
+    ``features`` must have passed ``check_feature_shape``. Its values are checked as
+    ``check_feature_values`` does, in the same pass as the projection, and the same
+    ValueError names ``name``. Returns the panels and whether they were projected.
     """
     rng = check_rng(seed, "seed")
     n_rows, n_dims = features.shape
     block = _coreset.ROW_BLOCK
     n_blocks = (n_rows + block - 1) // block
-    project = n_dims > projection_dim
-    if project:
-        # NOTE: OpenBLAS 0.3.31 gives the same bits for 1 and 2 BLAS threads here, and
-        # a test checks it. Another BLAS library could round with the thread count.
-        matrix = rng.standard_normal((n_dims, projection_dim)) / math.sqrt(
-            projection_dim
-        )
-        matrix = matrix.astype(features.dtype)
-        panels = np.zeros((n_blocks, projection_dim, block), np.float32)
-    else:
+    if n_dims <= projection_dim:
+        check_feature_values(features, name)
         panels = np.zeros((n_blocks, n_dims, block), features.dtype)
+        for first in range(0, n_rows, block):
+            part = features[first : first + block]
+            panels[first // block, :, : part.shape[0]] = part.T
+        return panels, False
 
-    chunk = _PROJECTION_PANELS * block if project else block
-    for first in range(0, n_rows, chunk):
-        rows = features[first : first + chunk]
-        if project:
-            rows = rows @ matrix
-        for start in range(0, rows.shape[0], block):
-            part = rows[start : start + block]
-            panels[(first + start) // block, :, : part.shape[0]] = part.T
-    return panels, project
+    matrix = rng.standard_normal((n_dims, projection_dim)) / math.sqrt(projection_dim)
+    matrix = matrix.astype(features.dtype)
+    panels = np.zeros((n_blocks, projection_dim, block), np.float32)
+    if _coreset.project_panels(features, matrix, panels, n_rows, MAX_FEATURE):
+        check_feature_values(features, name)
+        raise AssertionError("project_panels flagged values that pass the checks")
+    return panels, True
 
 
 def greedy_coreset(
@@ -169,8 +176,8 @@ def greedy_coreset(
     progress : bool, default False
         Show a tqdm progress bar over the steps, if tqdm is installed.
     n_jobs : int, optional
-        Numba threads; ``None`` keeps the current setting, ``-1`` uses all. The picks
-        do not depend on it. The threads meet at a barrier about once per pick, so
+        Numba threads for the projection and the steps; ``None`` keeps the current
+        setting, ``-1`` uses all. The picks do not depend on it. The threads meet at a barrier about once per pick, so
         when other processes keep the cores busy, ``n_jobs=1`` can be faster.
 
     Returns
@@ -191,11 +198,13 @@ def greedy_coreset(
     Notes
     -----
     The projection has entries drawn from N(0, 1 / projection_dim) by
-    ``numpy.random.default_rng(seed)`` and is computed with float32 BLAS for float32
-    features. Squared distances are summed over the dimensions in index order in the
+    ``numpy.random.default_rng(seed)``. A Numba kernel forms the projected rows in
+    the dtype of the features, summing over the columns in index order, and rounds
+    them to float32. Squared distances are summed over the dimensions in index order in the
     dtype of the rows compared: float32 for projected or float32 features, float64
     for float64 features that are not projected. No sum is split or reordered, so the
-    picks are bit-identical for a seed whatever the Numba thread count. Near-ties
+    picks are bit-identical for a seed whatever the Numba thread count or BLAS
+    library. Near-ties
     within float32 rounding may be broken differently from a float64 computation.
     Rows are kept in blocks of 1024. A step only updates the blocks whose maximum
     distance could still exceed that of the blocks already updated. The other blocks
@@ -212,7 +221,7 @@ def greedy_coreset(
     >>> greedy_coreset(points, n=3).tolist()
     [0, 2, 3]
     """
-    array = check_feature_rows(features, "features")
+    array = check_feature_shape(features, "features")
     n_rows, n_dims = array.shape
     count = _resolve_count(n, ratio, n_rows)
     projection_dim = check_int(projection_dim, "projection_dim", minimum=1)
@@ -226,6 +235,7 @@ def greedy_coreset(
 
     selected = np.empty(count, np.intp)
     if count == 0:
+        check_feature_values(array, "features")
         logger.info("greedy coreset: 0 of %d rows requested, nothing to select", n_rows)
         return selected
 

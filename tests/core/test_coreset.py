@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 from reference_bank import covering_radius, reference_greedy_coreset
 
 from zal3d_core._kernels import _coreset
+from zal3d_core._numba import num_threads
 from zal3d_core.coreset import _run_steps, build_panels, greedy_coreset
 
 
@@ -360,14 +361,63 @@ def test_distance_helpers_agree_bitwise(dtype, n_dims):
         np.testing.assert_allclose(one, exact[:, lo:hi], rtol=rtol)
 
 
-def test_blas_thread_count_does_not_change_projection():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    features = np.random.default_rng(10).standard_normal((4096, 300)).astype(np.float32)
-    with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        one, _ = build_panels(features, 128, seed=0)
-    with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        two, _ = build_panels(features, 128, seed=0)
-    np.testing.assert_array_equal(one, two)
+def test_thread_count_does_not_change_projection():
+    # 4100 columns take 256 passes of 16 columns and 4 single columns. The 2500 rows
+    # fill 3 blocks, which 2 threads share unevenly.
+    features = np.random.default_rng(10).standard_normal((2500, 4100)).astype(np.float32)
+    with num_threads(1):
+        one_thread, _ = build_panels(features, 24, seed=0)
+    with num_threads(2):
+        two_threads, _ = build_panels(features, 24, seed=0)
+    np.testing.assert_array_equal(one_thread, two_threads)
+    matrix = np.random.default_rng(0).standard_normal((4100, 24)) / np.sqrt(24)
+    expected = features.astype(np.float64) @ matrix.astype(np.float32)
+    got = unpack_panels(one_thread, 2500)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-4)
+
+
+def test_float64_projection_is_rounded_once():
+    features = np.random.default_rng(12).standard_normal((300, 37))
+    panels, projected = build_panels(features, 5, seed=1)
+    assert projected
+    assert panels.dtype == np.float32
+    matrix = np.random.default_rng(1).standard_normal((37, 5)) / np.sqrt(5)
+    expected = (features @ matrix).astype(np.float32)
+    # The kernel's float64 sum and the float64 BLAS product differ by far less than
+    # a float32 step, so after rounding to float32 they are equal or one step apart.
+    got = unpack_panels(panels, 300)
+    assert np.all(np.abs(got - expected) <= np.spacing(np.abs(expected)))
+    assert np.mean(got == expected) > 0.99
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "value"),
+    [(0, 0, np.nan), (1500, 35, np.inf), (2047, 39, -np.inf), (7, 16, np.nan)],
+)
+def test_projected_features_with_nan_or_inf_raise(row, column, value):
+    # Columns 0-31 go through the 16-column passes, 32-39 one at a time.
+    features = np.random.default_rng(13).standard_normal((2048, 40)).astype(np.float32)
+    features[row, column] = value
+    with pytest.raises(
+        ValueError, match="features contains NaN or infinite values in 1 of 2048 rows"
+    ):
+        greedy_coreset(features, n=10, projection_dim=8)
+
+
+def test_projected_huge_values_raise():
+    features = np.random.default_rng(14).standard_normal((50, 40))
+    features[49, 3] = -3e20
+    with pytest.raises(ValueError, match=r"features contains values up to 3e\+20"):
+        greedy_coreset(features, n=5, projection_dim=8)
+    features[49, 3] = 1e18
+    assert len(greedy_coreset(features, n=5, projection_dim=8)) == 5
+
+
+def test_zero_picks_still_check_values():
+    features = np.ones((30, 200), np.float32)
+    features[4, 150] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite values in 1 of 30"):
+        greedy_coreset(features, n=0)
 
 
 def test_progress_bar_gives_same_picks():
