@@ -21,8 +21,9 @@ logger = logging.getLogger(__name__)
 # Greedy steps per kernel call when a progress bar is shown.
 _PROGRESS_STEPS = 64
 
-# Squared distances between values beyond 1e18 overflow float32 and float64 sums,
-# which would make every row look equally far and the picks meaningless.
+# Largest feature magnitude that greedy_coreset and nearest_neighbor_scores accept.
+# Float32 squared distances of larger values overflow, and rows at infinite distance
+# all look equally far. Below it, greedy_coreset scales rows that could overflow.
 MAX_FEATURE = 1e18
 
 
@@ -211,7 +212,9 @@ def greedy_coreset(
     apply the picks they missed later, in one pass over their rows. This changes the
     order of the work, never a distance or a pick.
     Once every unselected row has distance 0 (duplicate rows), the remaining picks
-    are the unselected rows in index order.
+    are the unselected rows in index order. Rows with values near the accepted
+    1e18, whose float32 squared distances could overflow, are scaled by a power of
+    two first, which scales every distance exactly and changes no pick.
 
     Examples
     --------
@@ -248,6 +251,7 @@ def greedy_coreset(
                 projection_dim,
             )
         panels, projected = build_panels(array, projection_dim, seed)
+        scale = _scale_to_fit(panels)
         logger.info("greedy coreset: selecting %d of %d rows", count, n_rows)
         # A round updates up to one block per thread, each split into up to 4 lane
         # ranges so that the threads get even shares. Ranges stay at 256 lanes or
@@ -266,10 +270,29 @@ def greedy_coreset(
     )
     logger.info(
         "greedy coreset: covering radius %.6g in the %s space",
-        math.sqrt(radius2),
+        math.sqrt(radius2) / scale,
         "projected" if projected else "feature",
     )
     return selected
+
+
+def _scale_to_fit(panels: np.ndarray) -> float:
+    """Scale ``panels`` in place by a power of two so no squared distance overflows.
+
+    A squared distance between rows is at most ``n_dims * (2 * largest)**2``. When
+    that could exceed half the largest value of the panel dtype, the panels are
+    multiplied by a power of two, which scales every distance exactly and so changes
+    no pick. Returns the factor (1.0 when the panels fit as they are).
+    """
+    largest = max(abs(float(panels.max())), abs(float(panels.min())))
+    n_dims = panels.shape[1]
+    fits = math.sqrt(np.finfo(panels.dtype).max / 2 / n_dims) / 2
+    if largest <= fits:
+        return 1.0
+    scale = 2.0 ** -math.ceil(math.log2(largest / fits))
+    panels *= panels.dtype.type(scale)
+    logger.debug("greedy coreset: scaled the panels by %g to avoid overflow", scale)
+    return scale
 
 
 def _run_steps(

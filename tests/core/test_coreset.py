@@ -413,6 +413,31 @@ def test_projected_huge_values_raise():
     assert len(greedy_coreset(features, n=5, projection_dim=8)) == 5
 
 
+def test_large_values_give_scaled_picks_projected():
+    # Values of 2**59 (5.8e17) are within the accepted magnitude, but the float32
+    # squared distances of such rows, summed over 128 projected dimensions,
+    # overflow unless the panels are scaled. A power of two scales them exactly.
+    signs = np.random.default_rng(16).choice([-1.0, 1.0], (3000, 1152))
+    expected = greedy_coreset(signs, n=20)
+    picks = greedy_coreset(signs * 2.0**59, n=20)
+    np.testing.assert_array_equal(picks, expected)
+    assert expected[:4].tolist() != [0, 1, 2, 3]
+
+
+def test_large_values_give_scaled_picks_float32():
+    # Row 0 is +1 everywhere and row i differs from it in 100 to 128 of its 128
+    # columns. At 1.5 * 2**59 (8.6e17) each differing column adds 3e36 to the
+    # float32 squared distance, so differences above 113 columns overflow unless
+    # the panels are scaled.
+    flips = 100 + (np.arange(60) * 7) % 29
+    signs = np.ones((60, 128), np.float32)
+    for row, count in enumerate(flips[1:], start=1):
+        signs[row, :count] = -1.0
+    expected = greedy_coreset(signs, n=10)
+    picks = greedy_coreset(signs * np.float32(1.5 * 2.0**59), n=10)
+    np.testing.assert_array_equal(picks, expected)
+
+
 def test_zero_picks_still_check_values():
     features = np.ones((30, 200), np.float32)
     features[4, 150] = np.nan
