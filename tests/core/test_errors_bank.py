@@ -7,6 +7,7 @@ KeyError, an AttributeError or an IndexError from deep inside the loader.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -372,16 +373,8 @@ def test_fpfh_backend_inputs():
     sample = make_sample(0)
     sparse = sample.xyz.copy()
     sparse[2:] = np.nan
-    empty = Sample(
-        xyz=sparse,
-        rgb=None,
-        gt=None,
-        label=0,
-        class_name="part",
-        split="test",
-        defect="good",
-        name="test/good/004",
-        path=None,
+    empty = dataclasses.replace(
+        sample, xyz=sparse, gt=None, class_name="part", name="test/good/004"
     )
     with pytest.raises(
         ValueError,
@@ -389,17 +382,7 @@ def test_fpfh_backend_inputs():
         "than normal_max_nn=40",
     ):
         FPFHBackend(grid=4, normal_max_nn=40).extract(empty)
-    no_xyz = Sample(
-        xyz=None,
-        rgb=None,
-        gt=None,
-        label=0,
-        class_name="part",
-        split="test",
-        defect="good",
-        name="x",
-        path=None,
-    )
+    no_xyz = dataclasses.replace(sample, xyz=None, gt=None, class_name="part", name="x")
     with pytest.raises(ValueError, match="the fpfh backend needs the xyz modality"):
         backend.extract(no_xyz)
 

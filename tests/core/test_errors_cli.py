@@ -81,6 +81,12 @@ def run_failing(argv, capsys) -> str:
     return error_line(capsys)
 
 
+def fit_first_class(root, out, *extra) -> list:
+    """Return the arguments of a zero-shot run that fits on the first class."""
+    first = ["zero-shot", "--data-root", root, "--train-class", CLASSES[0]]
+    return [*first, "--out", out, *extra]
+
+
 def copy_dataset(dataset: Path, tmp_path: Path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(dataset, target)
@@ -254,17 +260,7 @@ def test_missing_modality_folder(dataset, capsys, tmp_path):
     root = copy_dataset(dataset, tmp_path)
     shutil.rmtree(root / CLASSES[1] / "test" / "dent" / "xyz")
     line = run_failing(
-        [
-            "zero-shot",
-            "--data-root",
-            root,
-            "--train-class",
-            CLASSES[0],
-            "--out",
-            tmp_path / "out",
-            "--no-cache",
-            *QUIET,
-        ],
+        fit_first_class(root, tmp_path / "out", "--no-cache", *QUIET),
         capsys,
     )
     assert f"Sample test/dent/000 of class '{CLASSES[1]}' has no xyz file" in line
@@ -275,17 +271,7 @@ def test_empty_train_class(dataset, capsys, tmp_path):
     shutil.rmtree(root / CLASSES[0] / "train" / "good")
     (root / CLASSES[0] / "train" / "good").mkdir()
     line = run_failing(
-        [
-            "zero-shot",
-            "--data-root",
-            root,
-            "--train-class",
-            CLASSES[0],
-            "--out",
-            tmp_path / "out",
-            "--no-cache",
-            *QUIET,
-        ],
+        fit_first_class(root, tmp_path / "out", "--no-cache", *QUIET),
         capsys,
     )
     assert f"class {CLASSES[0]} has no train/good samples to fit on" in line
@@ -298,17 +284,7 @@ def test_gt_of_another_size(dataset, capsys, tmp_path):
         np.zeros((10, 10), np.uint8),
     )
     line = run_failing(
-        [
-            "zero-shot",
-            "--data-root",
-            root,
-            "--train-class",
-            CLASSES[0],
-            "--out",
-            tmp_path / "out",
-            "--no-cache",
-            *QUIET,
-        ],
+        fit_first_class(root, tmp_path / "out", "--no-cache", *QUIET),
         capsys,
     )
     assert "gt of shape (10, 10) differs from the xyz shape (128, 128)" in line
@@ -319,17 +295,7 @@ def test_truncated_scan(dataset, capsys, tmp_path):
     scan = root / CLASSES[0] / "train" / "good" / "xyz" / "001.tiff"
     scan.write_bytes(scan.read_bytes()[:200])
     line = run_failing(
-        [
-            "zero-shot",
-            "--data-root",
-            root,
-            "--train-class",
-            CLASSES[0],
-            "--out",
-            tmp_path / "out",
-            "--no-cache",
-            *QUIET,
-        ],
+        fit_first_class(root, tmp_path / "out", "--no-cache", *QUIET),
         capsys,
     )
     assert "001.tiff is truncated or not a valid TIFF file" in line
@@ -346,20 +312,8 @@ def test_stray_files_and_unwritable_cache(dataset, capsys, tmp_path):
 
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
-    status = main(
-        [
-            "zero-shot",
-            "--data-root",
-            str(root),
-            "--train-class",
-            CLASSES[0],
-            "--out",
-            str(tmp_path / "out"),
-            "--cache-dir",
-            str(blocker / "cache"),
-            *QUIET,
-        ]
-    )
+    argv = fit_first_class(root, tmp_path / "out", "--cache-dir", blocker / "cache", *QUIET)
+    status = main([str(a) for a in argv])
     assert status == 0
 
     err = capsys.readouterr().err
