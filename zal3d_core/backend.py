@@ -28,6 +28,7 @@ __all__ = [
     "PatchFeatures",
     "available_backends",
     "get_backend",
+    "load_backend",
     "register_backend",
 ]
 
@@ -140,6 +141,34 @@ def available_backends() -> list[str]:
     return sorted(set(_REGISTRY) | set(_entry_points()))
 
 
+def load_backend(name: str) -> bool:
+    """Register the backend ``name`` from its entry point if it is not registered yet.
+
+    Returns whether a backend of that name is registered afterwards.
+
+    Raises
+    ------
+    ImportError
+        If the backend's package is installed but fails to import (for example torch
+        is missing).
+    """
+    if name in _REGISTRY:
+        return True
+    entry = _entry_points().get(name)
+    if entry is None:
+        return False
+    logger.debug("loading backend %r from entry point %s", name, entry.value)
+    try:
+        register = entry.load()
+    except ImportError as error:
+        raise ImportError(
+            f"backend {name!r} needs a package that failed to import: {error}. "
+            'Install the torch extra: pip install "zal3d[torch]".'
+        ) from error
+    register()
+    return name in _REGISTRY
+
+
 def get_backend(name: str, **config: Any) -> FeatureBackend:
     """Build the backend registered as ``name`` with ``config``.
 
@@ -151,19 +180,7 @@ def get_backend(name: str, **config: Any) -> FeatureBackend:
         If the backend's package is installed but fails to import (for example torch
         is missing).
     """
-    if name not in _REGISTRY:
-        entry = _entry_points().get(name)
-        if entry is not None:
-            logger.debug("loading backend %r from entry point %s", name, entry.value)
-            try:
-                register = entry.load()
-            except ImportError as error:
-                raise ImportError(
-                    f"backend {name!r} needs a package that failed to import: {error}. "
-                    'Install the torch extra: pip install "zal3d[torch]".'
-                ) from error
-            register()
-    if name not in _REGISTRY:
+    if not load_backend(name):
         known = ", ".join(available_backends()) or "none"
         raise ValueError(
             f"unknown backend {name!r}; registered backends: {known}. The learned "

@@ -97,11 +97,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=None,
                         help="run this registered feature backend instead of --method")
     parser.add_argument("--coreset-ratio", type=_ratio, default=0.1,
-                        help="share of normal patches kept in the memory bank (default: 0.1)")
+                        help="fraction of normal patches kept in the memory bank, in (0, 1] "
+                             "(default: 0.1)")
     parser.add_argument("--seed", type=_non_negative_int, default=0,
                         help="random seed of coreset selection and training (default: 0)")
     parser.add_argument("--n-reweight", type=_positive_int, default=3,
-                        help="PatchCore re-weighting support size; 1 disables (default: 3)")
+                        help="number of nearest bank features in the PatchCore re-weighting "
+                             "of each score; 1 disables it (default: 3)")
     parser.add_argument("--sigma", type=_non_negative_float, default=4.0,
                         help="Gaussian blur of anomaly maps in pixels, at most 4 times "
                              "--size (default: 4)")
@@ -367,12 +369,24 @@ def _run_config(args: argparse.Namespace, data_root: Path, out: Path):
 
 def _print_summary(results: dict, out: Path) -> None:
     print((out / "results.md").read_text(), end="")
-    print(f"Results written to {out}/ (results.json, results.csv, results.md, heatmaps/)")
+    print(f"Results written to {out}/ (results.json, results.csv, results.md, "
+          "timings.json, heatmaps/)")
+
+
+def _check_class_options(args: argparse.Namespace, data_root: Path) -> None:
+    """Check --train-class and --test-classes first, so that errors name the options."""
+    from .datasets import MVTec3D
+    from .runner import parse_class_spec
+
+    classes = MVTec3D(data_root).classes
+    parse_class_spec(args.train_class, classes, name="--train-class")
+    parse_class_spec(args.test_classes, classes, name="--test-classes")
 
 
 def _command_zero_shot(args: argparse.Namespace) -> int:
     from .runner import run_zero_shot
 
+    _check_class_options(args, args.data_root)
     results = run_zero_shot(_run_config(args, args.data_root, args.out))
     _print_summary(results, args.out)
     return 0
@@ -401,6 +415,7 @@ def _command_demo(args: argparse.Namespace) -> int:
                                           progress=_show_progress(args))
     logger.info("demo dataset in %s", root)
     args.test_classes = "all"
+    _check_class_options(args, Path(root))
     results = run_zero_shot(_run_config(args, Path(root), args.out))
     _print_summary(results, args.out)
     return 0
@@ -424,7 +439,7 @@ def _command_fit(args: argparse.Namespace) -> int:
     backend_name, defaults = METHODS.get(method, (method, {}))
     config = {**defaults, **_backend_config(args, methods)[method]}
     dataset = MVTec3D(args.data_root)
-    classes = parse_class_spec(args.train_class, dataset.classes, name="train_class")
+    classes = parse_class_spec(args.train_class, dataset.classes, name="--train-class")
     records = [r for c in classes for r in dataset.samples(c, "train", ["good"])]
     if not records:
         raise ValueError(f"classes {classes} have no train/good samples in {args.data_root}.")
@@ -477,7 +492,7 @@ def _predict_dataset(args: argparse.Namespace, model) -> int:
     )
 
     dataset = MVTec3D(args.data_root)
-    classes = parse_class_spec(args.test_classes, dataset.classes, name="test_classes")
+    classes = parse_class_spec(args.test_classes, dataset.classes, name="--test-classes")
     if _inside(args.out, args.data_root):
         raise ValueError(
             f"--out {args.out} lies inside the dataset folder {args.data_root}, which "
@@ -500,7 +515,10 @@ def _predict_dataset(args: argparse.Namespace, model) -> int:
         table = markdown_tables(rows, classes=dataset.classes)
         atomic_write_text(args.out / "results.md", f"# Results of {args.model.name}\n\n{table}")
     print(table, end="")
-    print(f"Results written to {args.out}/ (results.json, results.csv, results.md)")
+    written = "results.json, results.csv, results.md"
+    if args.heatmaps > 0:
+        written += ", heatmaps/"
+    print(f"Results written to {args.out}/ ({written})")
     return 0
 
 
@@ -579,14 +597,20 @@ def _predict_files(args: argparse.Namespace, model) -> int:
 
 
 def _command_backends(args: argparse.Namespace) -> int:
-    from .backend import available_backends
+    from .backend import available_backends, load_backend
     from .runner import METHODS
 
-    backends = available_backends()
     print("methods (--method):")
     for method, (backend, _) in METHODS.items():
-        state = "available" if backend in backends else 'needs pip install "zal3d[torch]"'
+        # Loading the backend imports its packages, so a missing torch shows here.
+        try:
+            loaded = load_backend(backend)
+        except ImportError as error:
+            logger.debug("backend %s failed to load: %s", backend, error)
+            loaded = False
+        state = "available" if loaded else 'needs pip install "zal3d[torch]"'
         print(f"  {method:<8} backend {backend} ({state})")
+    backends = available_backends()
     print("backends (--backend):")
     for name in backends:
         print(f"  {name}")

@@ -237,7 +237,7 @@ def test_unknown_classes(dataset, capsys, tmp_path):
         ],
         capsys,
     )
-    assert "train_class names unknown classes ['nope']" in line
+    assert "--train-class names unknown classes ['nope']" in line
     line = run_failing(
         [
             "zero-shot",
@@ -253,7 +253,7 @@ def test_unknown_classes(dataset, capsys, tmp_path):
         ],
         capsys,
     )
-    assert "test_classes names unknown classes ['zzz']" in line
+    assert "--test-classes names unknown classes ['zzz']" in line
 
 
 def test_missing_modality_folder(dataset, capsys, tmp_path):

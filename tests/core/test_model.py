@@ -13,6 +13,7 @@ from zal3d_core.backend import (
     PatchFeatures,
     available_backends,
     get_backend,
+    load_backend,
     register_backend,
 )
 from zal3d_core.datasets import Sample
@@ -79,6 +80,40 @@ def test_backend_protocol_and_registry():
 def test_unknown_backend_lists_known_ones():
     with pytest.raises(ValueError, match=r"unknown backend 'nope'; registered backends: .*fpfh"):
         get_backend("nope")
+
+
+class BrokenEntryPoint:
+    """An entry point whose package fails to import, as 3dzal does without torch."""
+
+    value = "missing_package.backends:register"
+
+    def load(self):
+        raise ImportError("No module named 'missing_package'")
+
+
+def test_load_backend_reports_failed_import(monkeypatch):
+    import zal3d_core.backend as backend_module
+
+    monkeypatch.setattr(backend_module, "_entry_points", lambda: {"broken": BrokenEntryPoint()})
+    assert load_backend("fpfh") is True
+    assert load_backend("nope") is False
+    with pytest.raises(ImportError, match=r"backend 'broken' needs a package that failed"):
+        load_backend("broken")
+    with pytest.raises(ImportError, match=r'pip install "zal3d\[torch\]"'):
+        get_backend("broken")
+
+
+def test_backends_command_marks_unloadable_method(monkeypatch, capsys):
+    import zal3d_core.backend as backend_module
+    from zal3d_core import cli
+    from zal3d_core.runner import METHODS
+
+    monkeypatch.setattr(backend_module, "_entry_points", lambda: {"broken": BrokenEntryPoint()})
+    monkeypatch.setitem(METHODS, "broken", ("broken", {}))
+    assert cli.main(["backends"]) == 0
+    output = capsys.readouterr().out
+    assert "btf      backend fpfh (available)" in output
+    assert 'broken   backend broken (needs pip install "zal3d[torch]")' in output
 
 
 def test_fit_builds_bank_of_requested_size():
