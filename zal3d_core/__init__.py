@@ -50,7 +50,7 @@ from .preprocess import (
     resize_organized,
     resize_rgb,
 )
-from .scoring import anomaly_map, image_score, nearest_neighbor_scores
+from .scoring import anomaly_map, image_score, nearest_neighbor_scores, resize_anomaly_map
 from .synthesis import (
     CameraModel,
     adding_anomaly,
@@ -115,6 +115,7 @@ __all__ = [
     "register_backend",
     "remove_background",
     "removing_anomaly",
+    "resize_anomaly_map",
     "resize_mask",
     "resize_organized",
     "resize_rgb",

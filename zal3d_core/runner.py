@@ -4,7 +4,7 @@
 layout and writes ``results.json``, ``results.csv``, ``results.md`` (tables laid out as
 train class x test class, AU-PRO and image AUROC, with a mean column),
 ``timings.json`` and heatmap PNGs. Everything except ``timings.json`` is identical for
-the same data, settings and seed.
+the same data folder, settings and seed.
 """
 
 from __future__ import annotations
