@@ -64,8 +64,9 @@ def largest_magnitude(array: np.ndarray) -> float:
 
 def check_magnitude(
     array: np.ndarray, name: str, limit: float = MAX_COORDINATE
-) -> None:
-    """Raise ValueError if a value of ``array`` exceeds ``limit`` in magnitude."""
+) -> float:
+    """Raise ValueError if a value of ``array`` exceeds ``limit`` in magnitude, and
+    return the largest magnitude otherwise."""
     largest = largest_magnitude(array)
     if largest > limit:
         raise ValueError(
@@ -73,6 +74,7 @@ def check_magnitude(
             f"{limit:.0e} is supported, because distances between larger values "
             "overflow. Rescale them."
         )
+    return largest
 
 
 def check_points(

@@ -12,7 +12,13 @@ import numpy as np
 from ._kernels import _coreset
 from ._kernels._knn import count_nonfinite_rows
 from ._numba import num_threads
-from ._validation import as_float_array, check_int, check_magnitude, check_rng
+from ._validation import (
+    as_float_array,
+    check_int,
+    check_magnitude,
+    check_rng,
+    largest_magnitude,
+)
 
 __all__ = ["greedy_coreset"]
 
@@ -25,6 +31,11 @@ _PROGRESS_STEPS = 64
 # Float32 squared distances of larger values overflow, and rows at infinite distance
 # all look equally far. Below it, greedy_coreset scales rows that could overflow.
 MAX_FEATURE = 1e18
+
+# Stored rows whose largest magnitude is below this are scaled up by a power of two.
+# Squared float32 differences of values near 1e-20 underflow to 0, and rows that all
+# lie at distance 0 would be picked in index order.
+_SMALL_FEATURE = 2.0**-16
 
 
 def check_feature_rows(features: Any, name: str, *, min_rows: int = 1) -> np.ndarray:
@@ -134,7 +145,27 @@ def build_panels(
     if _coreset.project_panels(features, matrix, panels, n_rows, MAX_FEATURE):
         check_feature_values(features, name)
         raise AssertionError("project_panels flagged values that pass the checks")
+    if largest_magnitude(panels) < _SMALL_FEATURE:
+        # Projected values this small lose bits when rounded to float32, or round
+        # to 0. A matrix scaled by a power of two scales every product and sum
+        # exactly, so the panels equal 2**exponent times the unscaled ones wherever
+        # those did not underflow.
+        exponent = _rescale_exponent(largest_magnitude(features), matrix)
+        if exponent:
+            np.ldexp(matrix, exponent, out=matrix)
+            _coreset.project_panels(features, matrix, panels, n_rows, math.inf)
+            logger.debug("greedy coreset: projected with the matrix scaled by 2**%d", exponent)
     return panels, True
+
+
+def _rescale_exponent(largest: float, matrix: np.ndarray) -> int:
+    """Return the power of two that brings ``largest`` to about 1 without the
+    scaled ``matrix`` overflowing, or 0 when ``largest`` is 0."""
+    if largest == 0.0:
+        return 0
+    exponent = -math.frexp(largest)[1]
+    headroom = np.finfo(matrix.dtype).max / (4.0 * matrix.shape[0] * largest_magnitude(matrix))
+    return min(exponent, math.frexp(headroom)[1] - 1)
 
 
 def greedy_coreset(
@@ -214,7 +245,9 @@ def greedy_coreset(
     Once every unselected row has distance 0 (duplicate rows), the remaining picks
     are the unselected rows in index order. Rows with values near the accepted
     1e18, whose float32 squared distances could overflow, are scaled by a power of
-    two first, which scales every distance exactly and changes no pick.
+    two first, which scales every distance exactly and changes no pick. Rows whose
+    largest magnitude is below 2**-16, whose squared differences could underflow, are
+    scaled up the same way (the projection matrix too, before projecting).
 
     Examples
     --------
@@ -251,7 +284,7 @@ def greedy_coreset(
                 projection_dim,
             )
         panels, projected = build_panels(array, projection_dim, seed)
-        scale = _scale_to_fit(panels)
+        exponent = _scale_to_fit(panels)
         logger.info("greedy coreset: selecting %d of %d rows", count, n_rows)
         # A round updates up to one block per thread, each split into up to 4 lane
         # ranges so that the threads get even shares. Ranges stay at 256 lanes or
@@ -270,29 +303,37 @@ def greedy_coreset(
     )
     logger.info(
         "greedy coreset: covering radius %.6g in the %s space",
-        math.sqrt(radius2) / scale,
+        math.ldexp(math.sqrt(radius2), -exponent),
         "projected" if projected else "feature",
     )
     return selected
 
 
-def _scale_to_fit(panels: np.ndarray) -> float:
-    """Scale ``panels`` in place by a power of two so no squared distance overflows.
+def _scale_to_fit(panels: np.ndarray) -> int:
+    """Scale ``panels`` in place by a power of two so no squared distance overflows
+    or underflows, and return its exponent (0 when the panels fit as they are).
 
     A squared distance between rows is at most ``n_dims * (2 * largest)**2``. When
     that could exceed half the largest value of the panel dtype, the panels are
-    multiplied by a power of two, which scales every distance exactly and so changes
-    no pick. Returns the factor (1.0 when the panels fit as they are).
+    scaled down. When ``largest`` is below ``_SMALL_FEATURE``, they are scaled up
+    until it lies in [1, 2), which loses no bit. Either factor scales every distance
+    exactly and so changes no pick, except that picks no longer fall to index order
+    where squared differences underflowed.
     """
-    largest = max(abs(float(panels.max())), abs(float(panels.min())))
+    largest = largest_magnitude(panels)
     n_dims = panels.shape[1]
     fits = math.sqrt(np.finfo(panels.dtype).max / 2 / n_dims) / 2
-    if largest <= fits:
-        return 1.0
-    scale = 2.0 ** -math.ceil(math.log2(largest / fits))
-    panels *= panels.dtype.type(scale)
-    logger.debug("greedy coreset: scaled the panels by %g to avoid overflow", scale)
-    return scale
+    if largest > fits:
+        exponent = -math.ceil(math.log2(largest / fits))
+        reason = "overflow"
+    elif 0.0 < largest < _SMALL_FEATURE:
+        exponent = 1 - math.frexp(largest)[1]
+        reason = "underflow"
+    else:
+        return 0
+    np.ldexp(panels, exponent, out=panels)
+    logger.debug("greedy coreset: scaled the panels by 2**%d to avoid %s", exponent, reason)
+    return exponent
 
 
 def _run_steps(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,15 @@ MAX_SIGMA_PER_SIDE = 4
 # Largest feature magnitude accepted. Distances between such rows, over up to 1e12
 # columns, stay below 1e25, far inside the float32 range of the returned scores.
 MAX_FEATURE = 1e18
+
+# Smallest accepted largest magnitude of queries and bank together (all zeros
+# pass). Squared float64 distances of smaller values underflow.
+MIN_FEATURE = 1e-150
+
+# Inputs whose largest magnitude is below this are scaled up by a power of two before
+# the float32 pass. Float32 products of values near 1e-20 underflow to 0, and every
+# bank row would look equally near, which leaves most queries to the float64 scan.
+SMALL_FEATURE = 2.0**-16
 
 # A float32 dot product is at most |p| |m| (Cauchy-Schwarz), so below this product of
 # row norms every Gram entry is finite (float32 reaches 3.4e38). Larger rows skip the
@@ -99,7 +109,8 @@ def nearest_neighbor_scores(
     ------
     ValueError
         If the arrays are not finite 2-D arrays with the same number of columns, a
-        value exceeds 1e18 in magnitude (scores are float32), the bank is empty, or
+        value exceeds 1e18 in magnitude (scores are float32), no value exceeds
+        1e-150 in magnitude while some are nonzero, the bank is empty, or
         ``n_reweight`` or ``block_size`` is below 1.
     TypeError
         If an argument has the wrong type.
@@ -115,7 +126,9 @@ def nearest_neighbor_scores(
     the nearest, the search retries with up to 1024 candidates and then scans the
     bank in float64 for that query, which costs ``n_bank * n_features`` operations
     per query. Rows whose norms multiply to more than 1e37 would overflow the float32
-    products, so such inputs are scanned in float64 throughout. A float64 bank is
+    products, so such inputs are scanned in float64 throughout. Inputs whose largest
+    magnitude is below 2**-16 are scaled by a power of two in the float32 copies, so
+    that their products do not underflow. A float64 bank is
     copied to float32 for the BLAS pass, so pass float32 to avoid the copy. Memory
     beyond the inputs is one Gram block, 16 MiB by default, plus a few values per
     query.
@@ -131,8 +144,17 @@ def nearest_neighbor_scores(
     """
     query_rows = check_feature_rows(queries, "queries", min_rows=0)
     bank_rows = check_feature_rows(bank, "bank", min_rows=1)
-    check_magnitude(query_rows, "queries", MAX_FEATURE)
-    check_magnitude(bank_rows, "bank", MAX_FEATURE)
+    largest = max(
+        check_magnitude(query_rows, "queries", MAX_FEATURE),
+        check_magnitude(bank_rows, "bank", MAX_FEATURE),
+    )
+    if 0.0 < largest < MIN_FEATURE:
+        raise ValueError(
+            f"queries and bank contain no value above {MIN_FEATURE:.0e} in magnitude "
+            f"(the largest is {largest:.3g}), so their squared distances underflow "
+            "float64 and the float32 scores would be 0. Rescale both by the same "
+            "factor, e.g. divide them by their largest magnitude."
+        )
     if query_rows.shape[1] != bank_rows.shape[1]:
         raise ValueError(
             f"queries must have as many columns as bank ({bank_rows.shape[1]}), but "
@@ -160,7 +182,7 @@ def nearest_neighbor_scores(
 
     with num_threads(n_jobs):
         support, support_d2 = _search_supports(
-            query_rows, bank_rows, support_size, block_size
+            query_rows, bank_rows, support_size, block_size, _gram_exponent(largest)
         )
 
     distances = np.sqrt(support_d2)
@@ -179,17 +201,42 @@ def nearest_neighbor_scores(
     return scores
 
 
+def _gram_exponent(largest: float) -> int:
+    """Return the power of two that the float32 copies are scaled by: 0, or, when
+    the largest input magnitude is below ``SMALL_FEATURE``, the one that brings it
+    into [1, 2)."""
+    if 0.0 < largest < SMALL_FEATURE:
+        return 1 - math.frexp(largest)[1]
+    return 0
+
+
+def _float32_rows(rows: np.ndarray, exponent: int) -> np.ndarray:
+    """Return ``rows * 2**exponent`` as C-contiguous float32, without a copy when
+    ``rows`` is float32 and ``exponent`` is 0."""
+    if exponent:
+        # Scaled before the cast, so float64 values below the float32 range survive.
+        rows = np.ldexp(rows, exponent)
+    with np.errstate(over="ignore"):  # rows beyond float32 are scanned in float64
+        return np.ascontiguousarray(rows, np.float32)
+
+
 def _search_supports(
-    queries: np.ndarray, bank: np.ndarray, support_size: int, block_size: int
+    queries: np.ndarray,
+    bank: np.ndarray,
+    support_size: int,
+    block_size: int,
+    exponent: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return the support rows of each query and their exact squared distances."""
+    """Return the support rows of each query and their exact squared distances.
+
+    The float32 copies that propose candidates are scaled by ``2**exponent``.
+    """
     n_queries = queries.shape[0]
     if n_queries == 0:
         return np.empty((0, support_size), np.intp), np.empty((0, support_size))
 
-    bank_search = _BankSearch(bank, block_size)
-    with np.errstate(over="ignore"):  # rows beyond float32 are scanned in float64
-        queries32 = np.ascontiguousarray(queries, np.float32)
+    bank_search = _BankSearch(bank, block_size, exponent)
+    queries32 = _float32_rows(queries, exponent)
     query_rows = np.arange(n_queries)
     nearest, _ = bank_search.nearest(
         queries,
@@ -235,10 +282,13 @@ class _BankSearch:
     is searched by a float64 scan of the whole bank.
     """
 
-    def __init__(self, bank: np.ndarray, block_size: int):
+    def __init__(self, bank: np.ndarray, block_size: int, exponent: int = 0):
         self.bank = bank
-        with np.errstate(over="ignore"):  # rows beyond float32 are scanned in float64
-            self.bank32 = np.ascontiguousarray(bank, np.float32)
+        # The float32 copies of the bank and of the points are scaled by
+        # 2**exponent, so approximate squared distances are 4**exponent times the
+        # exact ones.
+        self.exponent = exponent
+        self.bank32 = _float32_rows(bank, exponent)
         self.bank_norms = _sq_norms(self.bank32)
         self.block_size = block_size
         self.max_norm = float(np.sqrt(self.bank_norms.max()))
@@ -255,8 +305,9 @@ class _BankSearch:
         exact squared distances, ties to the lower index, skipping bank row
         ``exclude[i]`` for point ``i`` (-1 skips none).
 
-        ``points32`` contains the float32 rows of ``points[point_rows]``, and ``k``
-        must not exceed the number of bank rows that are not skipped.
+        ``points32`` contains the float32 rows of ``points[point_rows]``, scaled by
+        ``2**self.exponent``, and ``k`` must not exceed the number of bank rows that
+        are not skipped.
         """
         n_points = point_rows.shape[0]
         n_bank = self.bank.shape[0]
@@ -290,7 +341,8 @@ class _BankSearch:
                 if width == available:
                     done = np.ones(chunk.size, bool)
                 else:
-                    done = exact[:, k - 1] < approx[:, -1] - bound[chunk]
+                    kth = np.ldexp(exact[:, k - 1], 2 * self.exponent)
+                    done = kth < approx[:, -1] - bound[chunk]
                 indices[chunk[done]] = candidates[done]
                 distances[chunk[done]] = exact[done]
                 unresolved.append(chunk[~done])
@@ -372,10 +424,18 @@ def _rounding_bound(
     float32 moves the squared distance by at most ``2 u (|p| + |m|)^2``. Both terms,
     and the float64 arithmetic, fit in ``(2 gamma + 8 u) (|p| + M)^2``, where M is
     the largest bank row norm.
+
+    Those relative bounds assume no underflow. A product or an input value that
+    falls below the normal float32 range is off by at most ``eta = 2**-150`` more.
+    That adds at most ``2 D eta`` to the squared distance through the dot product
+    and ``4 sqrt(D) eta (|p| + M) + 4 D eta**2`` through the rounded inputs, and the
+    last term of the returned bound, ``16 D eta (1 + |p| + M)``, covers both.
     """
     unit = 2.0**-24
     gamma = n_dims * unit / (1.0 - n_dims * unit)
-    return (2.0 * gamma + 8.0 * unit) * (np.sqrt(point_norms) + max_norm) ** 2
+    norm_sum = np.sqrt(point_norms) + max_norm
+    underflow = 2.0**-146 * n_dims * (1.0 + norm_sum)
+    return (2.0 * gamma + 8.0 * unit) * norm_sum**2 + underflow
 
 
 def _check_pair(value: Any, name: str) -> tuple[int, int]:

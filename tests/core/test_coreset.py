@@ -518,3 +518,30 @@ def test_huge_feature_values_are_rejected():
     features = np.random.default_rng(0).standard_normal((20, 4)) * 1e154
     with pytest.raises(ValueError, match="features contains values up to .* at most 1e\\+18"):
         greedy_coreset(features, n=5)
+
+
+@pytest.mark.parametrize(
+    ("exponent", "dtype", "projection_dim"),
+    [
+        (-100, np.float32, 128),  # float32 squared differences underflow
+        (-560, np.float64, 128),  # float64 squared differences underflow
+        (-100, np.float64, 8),  # projected rows underflow when rounded to float32
+        (-1000, np.float64, 8),
+        (-100, np.float32, 8),  # float32 products lose bits in the projection
+    ],
+)
+def test_small_values_give_scaled_picks(exponent, dtype, projection_dim):
+    # A power of two scales every value exactly, so the picks equal those of the
+    # unscaled rows instead of falling to index order.
+    features = np.random.default_rng(17).standard_normal((3000, 20)).astype(dtype)
+    expected = greedy_coreset(features, n=12, projection_dim=projection_dim)
+    small = np.ldexp(features, exponent)
+    assert np.all(small[np.abs(features) > 1e-3] != 0)
+    picks = greedy_coreset(small, n=12, projection_dim=projection_dim)
+    np.testing.assert_array_equal(picks, expected)
+    assert expected[:4].tolist() != [0, 1, 2, 3]
+
+
+def test_all_zero_rows_pick_in_index_order():
+    picks = greedy_coreset(np.zeros((40, 300), np.float32), n=5)
+    assert picks.tolist() == [0, 1, 2, 3, 4]

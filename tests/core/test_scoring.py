@@ -360,3 +360,45 @@ def test_invalid_map_arguments_raise():
         anomaly_map(scores, 6, (8, 8))
     with pytest.raises(TypeError, match="patch_scores must be a numeric array"):
         anomaly_map("scores", (2, 3), (8, 8))
+
+
+@pytest.mark.parametrize(
+    ("exponent", "dtype"),
+    [(-100, np.float32), (-100, np.float64), (-480, np.float64)],
+)
+def test_small_values_give_scaled_results(exponent, dtype):
+    # Float32 products of such values underflow. The search scales its float32
+    # copies by a power of two, so nearest rows and supports equal those of the
+    # unscaled inputs and the distances scale exactly.
+    rng = np.random.default_rng(31)
+    bank = rng.standard_normal((3000, 32)).astype(dtype)
+    queries = rng.standard_normal((300, 32)).astype(dtype)
+    scores, distances, nearest, support = nearest_neighbor_scores(
+        queries, bank, 3, return_details=True
+    )
+    small = nearest_neighbor_scores(
+        np.ldexp(queries, exponent), np.ldexp(bank, exponent), 3, return_details=True
+    )
+    np.testing.assert_array_equal(small[2], nearest)
+    np.testing.assert_array_equal(small[3], support)
+    np.testing.assert_array_equal(small[1], np.ldexp(distances, exponent))
+
+
+def test_underflow_bound_covers_subnormal_inputs():
+    # Values near the smallest float32 subnormal: the float32 copies keep few bits,
+    # so the bound must send the queries on to exact re-ranking.
+    rng = np.random.default_rng(32)
+    bank = rng.standard_normal((500, 8)) * 1e-44
+    queries = rng.standard_normal((50, 8)) * 1e-44
+    _, distances, nearest, _ = nearest_neighbor_scores(queries, bank, 1, return_details=True)
+    d2 = ((queries[:, None, :] - bank[None, :, :]) ** 2).sum(axis=-1)
+    np.testing.assert_array_equal(nearest, d2.argmin(axis=1))
+    np.testing.assert_allclose(distances, np.sqrt(d2.min(axis=1)), rtol=1e-12)
+
+
+def test_tiny_features_raise():
+    bank = np.full((4, 3), 1e-160)
+    with pytest.raises(ValueError, match=r"no value above 1e-150 in magnitude \(the largest is 1e-160\)"):
+        nearest_neighbor_scores(bank[:2], bank)
+    zeros = np.zeros((4, 3))
+    np.testing.assert_array_equal(nearest_neighbor_scores(zeros[:2], zeros), [0.0, 0.0])
