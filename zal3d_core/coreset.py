@@ -104,7 +104,7 @@ def _resolve_count(n: Any, ratio: Any, n_rows: int) -> int:
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(
             f"ratio must be in [0, 1], but got {ratio!r}, which requests "
-            f"{int(n_rows * ratio)} rows of {n_rows}. Pass a fraction of the rows, "
+            f"{n_rows * ratio:g} rows of {n_rows}. Pass a fraction of the rows, "
             "e.g. ratio=0.1."
         )
     return int(n_rows * ratio)
@@ -271,6 +271,7 @@ def greedy_coreset(
 
     selected = np.empty(count, np.intp)
     if count == 0:
+        check_rng(seed, "seed")
         check_feature_values(array, "features")
         logger.info("greedy coreset: 0 of %d rows requested, nothing to select", n_rows)
         return selected

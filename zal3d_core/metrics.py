@@ -70,8 +70,20 @@ def _check_binary(value: Any, name: str) -> np.ndarray:
     return array.astype(bool)
 
 
+# Integers above this in magnitude can round to the same float64.
+_EXACT_FLOAT64_INT = 2**53
+
+
 def _check_scores(value: Any, name: str) -> np.ndarray:
-    """Return ``value`` as a finite 1-D float32 or float64 array."""
+    """Return ``value`` as a finite 1-D float32 or float64 array.
+
+    Integer scores beyond 2**53 in magnitude are replaced by their ranks, which
+    float64 represents exactly. AUROC depends only on the order of the scores.
+    """
+    raw = np.asarray(value) if not isinstance(value, np.ndarray) else value
+    if raw.dtype.kind in "iu" and raw.ndim == 1 and raw.size:
+        if max(abs(int(raw.max())), abs(int(raw.min()))) > _EXACT_FLOAT64_INT:
+            value = np.unique(raw, return_inverse=True)[1].astype(np.float64)
     array = as_float_array(value, name)
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D, but got shape {array.shape}.")

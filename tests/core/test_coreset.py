@@ -545,3 +545,13 @@ def test_small_values_give_scaled_picks(exponent, dtype, projection_dim):
 def test_all_zero_rows_pick_in_index_order():
     picks = greedy_coreset(np.zeros((40, 300), np.float32), n=5)
     assert picks.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_ratio_above_one_names_unrounded_request():
+    with pytest.raises(ValueError, match=r"got 1\.01, which requests 50\.5 rows of 50"):
+        greedy_coreset(np.zeros((50, 3)), ratio=1.01)
+
+
+def test_zero_picks_still_check_seed():
+    with pytest.raises(TypeError, match="seed"):
+        greedy_coreset(np.zeros((10, 3)), n=0, seed="abc")

@@ -542,3 +542,12 @@ def test_au_pro_rejects_empty_and_bad_types():
         au_pro(5, np.ones((1, 2, 2)))
     with pytest.raises(TypeError, match=r"anomaly_maps\[0\] must be a numeric array"):
         au_pro([np.zeros((2, 2), bool)], [np.array([["a", "b"], ["c", "d"]])])
+
+
+def test_auroc_large_integer_scores():
+    # Both scores round to the same float64, but their order decides the AUROC.
+    scores = np.array([2**62 + 1, 2**62], np.int64)
+    assert auroc([0, 1], scores) == 0.0
+    assert auroc([1, 0], scores) == 1.0
+    big = np.array([2**63 - 1, 2**63 - 2, 5, 2**63 - 1], np.uint64)
+    assert auroc([1, 0, 0, 1], big) == roc_auc_score([1, 0, 0, 1], [3, 2, 1, 3])
