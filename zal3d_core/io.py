@@ -429,10 +429,20 @@ def _read_pcd(path: Path) -> tuple[_PcdHeader, np.ndarray]:
 # NPY / NPZ
 
 
+def _object_array_error(path: Path) -> ValueError:
+    return ValueError(
+        f"{path} contains an object array, which only pickle can load, and zal3d never "
+        "unpickles files. Save a numeric (H, W, 3) or (N, 3) array instead, e.g. "
+        "np.save(path, xyz.astype(np.float32))."
+    )
+
+
 def _read_array_file(path: Path) -> np.ndarray:
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        if "allow_pickle" in str(error):
+            raise _object_array_error(path) from None
         raise _invalid_file(path, path.suffix[1:].upper(), str(error)) from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
@@ -451,6 +461,8 @@ def _read_array_file(path: Path) -> np.ndarray:
             try:
                 array = loaded[key]
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+                if "allow_pickle" in str(error):
+                    raise _object_array_error(path) from None
                 raise _invalid_file(path, "NPZ", str(error)) from None
         if not isinstance(array, np.ndarray):
             # NumPy returns the raw bytes of archive members that are not .npy files.

@@ -413,10 +413,15 @@ def remove_background(
     if isinstance(border, bool) or not isinstance(border, (int, np.integer)):
         raise TypeError(f"border must be an int number of pixels, but got {border!r}.")
     if border <= 0 or 2 * border >= min(height, width):
+        largest_border = (min(height, width) - 1) // 2
+        if largest_border < 1:
+            fix = "The image is too small for a border strip, so skip plane removal."
+        else:
+            fix = f"Pass a border from 1 to {largest_border}."
         raise ValueError(
             f"border must be >= 1 and smaller than half the image size, so the strip "
             f"leaves an inner region, but got border={border} for an image of "
-            f"{height} x {width} pixels. Pass a border below {(min(height, width) + 1) // 2}."
+            f"{height} x {width} pixels. {fix}"
         )
     ransac_n, iterations, seed = _check_ransac_args(ransac_n, iterations, seed)
     distance = _check_distance(distance)
@@ -718,8 +723,9 @@ def preprocess_sample(
             # Name the scan, and the two ways out, for batch runs over many files.
             raise ValueError(
                 f"{sample.path or sample.name}: background plane removal failed: {error} "
-                "Widen the border with plane_kwargs={'border': N} (CLI: --plane-border "
-                "N) or skip the step with remove_plane=False (CLI: --no-plane-removal)."
+                "Change the border with plane_kwargs={'border': N} or skip the step with "
+                "remove_plane=False (CLI: --plane-border N or --no-plane-removal when "
+                "fitting; a saved model applies the settings it was fitted with)."
             ) from None
     if cluster:
         xyz = largest_cluster(xyz, **(cluster_kwargs or {}))

@@ -149,6 +149,18 @@ def test_npz_with_non_array_member(tmp_path):
             reader(path)
 
 
+def test_object_arrays_are_not_unpickled(tmp_path):
+    cloud = np.empty((4, 3), object)
+    cloud[:] = 1.0
+    np.save(tmp_path / "objects.npy", cloud, allow_pickle=True)
+    np.savez(tmp_path / "objects.npz", xyz=cloud)
+    for name in ("objects.npy", "objects.npz"):
+        for reader in (read_organized, read_points):
+            with pytest.raises(ValueError, match=r"contains an object array, which only "
+                               r"pickle can load, and zal3d never unpickles files"):
+                reader(tmp_path / name)
+
+
 def test_npz_without_arrays(tmp_path):
     path = tmp_path / "nothing.npz"
     np.savez(path)

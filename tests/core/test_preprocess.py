@@ -326,6 +326,11 @@ def test_remove_background_argument_errors():
         remove_background(xyz, border=0)
     with pytest.raises(ValueError, match=r"border=30 for an image of 60 x 80 pixels"):
         remove_background(xyz, border=30)
+    with pytest.raises(ValueError, match=r"Pass a border from 1 to 29\."):
+        remove_background(xyz, border=30)
+    with pytest.raises(ValueError, match=r"2 x 2 pixels\. The image is too small for a "
+                       r"border strip, so skip plane removal\."):
+        remove_background(xyz[:2, :2], border=1)
     with pytest.raises(TypeError, match="border must be an int"):
         remove_background(xyz, border=2.5)
     with pytest.raises(ValueError, match="ransac_n must be >= 3"):
@@ -636,5 +641,6 @@ def test_preprocess_sample_names_scan_when_plane_fails(tmp_path):
     sample = Sample(xyz=xyz, rgb=None, gt=None, label=0, class_name="c", split="test",
                     defect="good", name="test/good/000", path=tmp_path / "000.tiff")
     with pytest.raises(ValueError, match=r"000\.tiff: background plane removal failed: .*"
-                       r"found 0 valid border points.*--plane-border N.*--no-plane-removal"):
+                       r"found 0 valid border points.*--plane-border N or --no-plane-removal when "
+                       r"fitting; a saved model applies the settings it was fitted with"):
         preprocess_sample(sample)
