@@ -275,7 +275,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def _methods(args: argparse.Namespace) -> list[str]:
     if args.backend:
         return [args.backend]
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    methods = list(dict.fromkeys(m.strip() for m in args.method.split(",") if m.strip()))
     if not methods:
         raise ValueError(
             f"--method names no method (got {args.method!r}); pass e.g. --method btf."
@@ -394,11 +394,17 @@ def _command_zero_shot(args: argparse.Namespace) -> int:
 
 def _command_demo(args: argparse.Namespace) -> int:
     from . import demo
-    from .runner import run_zero_shot
+    from .io import make_folder
+    from .runner import check_methods, parse_class_spec, run_zero_shot
 
+    # Check what can be checked before the dataset is generated, which takes a while.
+    check_methods(_methods(args))
+    make_folder(args.out, "--out")
     data = args.data or args.out / "data"
     if args.sources and not args.real_geometry:
         raise ValueError("--sources needs --real-geometry; add it to use those scans.")
+    if not args.real_geometry:
+        parse_class_spec(args.train_class, demo.DEMO_CLASSES, name="--train-class")
     if args.real_geometry:
         sources = None
         if args.sources:
@@ -408,6 +414,7 @@ def _command_demo(args: argparse.Namespace) -> int:
                 if not sep or not name or not path:
                     raise ValueError(f"--sources entries must look like CLASS=FILE, got {item!r}.")
                 sources[name] = Path(path)
+            parse_class_spec(args.train_class, list(sources), name="--train-class")
         root = demo.generate_real_geometry_dataset(data, sources, seed=args.seed,
                                                    progress=_show_progress(args))
     else:
@@ -505,8 +512,16 @@ def _predict_dataset(args: argparse.Namespace, model) -> int:
     digest = backend_digest(model.backend)
     method = _method_name(model.backend.name)
     rows, timings = [], {}
-    for test_class in classes:
-        records = dataset.samples(test_class, "test")
+    records_of = {name: dataset.samples(name, "test") for name in classes}
+    if not any(records_of.values()):
+        raise ValueError(
+            f"no test samples in {', '.join(classes)} under {args.data_root}. Check that "
+            "each class has test/<defect>/xyz/*.tiff files, or pick other --test-classes."
+        )
+    for test_class, records in records_of.items():
+        if not records:
+            logger.warning("class %s has no test samples; skipped", test_class)
+            continue
         rows.append(_evaluate_class(model, method, str(args.model.stem), test_class,
                                     records, cache, digest, config,
                                     args.out / "heatmaps", timings))

@@ -33,7 +33,7 @@ from .report import csv_text, heatmap_panel, markdown_tables
 logger = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "FeatureCache", "RunConfig", "default_cache_dir",
-           "parse_class_spec", "run_zero_shot"]
+           "check_methods", "parse_class_spec", "run_zero_shot"]
 
 # A method is a backend plus its defaults. "btf" is FPFH + PatchCore (Horwitz and
 # Hoshen); "3dzal" is the full method of zal3d_torch.
@@ -52,6 +52,22 @@ def default_cache_dir() -> Path:
         return Path(os.environ["ZAL3D_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "zal3d"
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Raise ValueError unless ``methods`` names at least one known method or backend."""
+    from .backend import available_backends
+
+    if not methods:
+        raise ValueError(
+            "methods is empty; pass at least one method, e.g. 'btf' or '3dzal'."
+        )
+    for method in methods:
+        if method not in METHODS and method not in available_backends():
+            raise ValueError(
+                f"unknown method {method!r}; choose from {', '.join(METHODS)} or a "
+                f"backend ({', '.join(available_backends())})."
+            )
 
 
 def parse_class_spec(spec: str | Sequence[str], known: Sequence[str], *, name: str) -> list[str]:
@@ -111,6 +127,9 @@ class FeatureCache:
         self.memory: dict[str, tuple[PatchFeatures, np.ndarray | None]] = {}
         self.hits = 0
         self.misses = 0
+        # Cleared by the first failed write, so that a full disk or a cache path
+        # that is a file gives one warning, not one per scan.
+        self.writable = True
 
     @staticmethod
     def key(record: Any, preprocess: dict[str, Any], digest: str) -> str:
@@ -154,7 +173,7 @@ class FeatureCache:
     def put(self, key: str, features: PatchFeatures, gt: np.ndarray | None) -> None:
         self.misses += 1
         self.memory[key] = (features, gt)
-        if self.directory is None:
+        if self.directory is None or not self.writable:
             return
         from .io import atomic_save_npz
 
@@ -173,7 +192,13 @@ class FeatureCache:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_save_npz(folder / f"{key}.npz", **arrays)
         except OSError as error:
-            logger.warning("could not write cache entry %s: %s", key, error)
+            self.writable = False
+            logger.warning(
+                "could not write cache entry %s: %s. No more entries are written in "
+                "this run; pass --cache-dir with a writable folder, or --no-cache.",
+                key,
+                error,
+            )
 
 
 def _sample_features(model, record, cache: FeatureCache, digest: str):
@@ -469,21 +494,11 @@ def run_zero_shot(config: RunConfig) -> dict[str, Any]:
         nothing is left to evaluate, or ``out_dir`` or ``cache_dir`` lies inside the
         dataset folder (which is never written).
     """
-    from .backend import available_backends
     from .datasets import MVTec3D
     from .io import atomic_write_text
 
     started = time.perf_counter()
-    if not config.methods:
-        raise ValueError(
-            "methods is empty; pass at least one method, e.g. 'btf' or '3dzal'."
-        )
-    for method in config.methods:
-        if method not in METHODS and method not in available_backends():
-            raise ValueError(
-                f"unknown method {method!r}; choose from {', '.join(METHODS)} or a "
-                f"backend ({', '.join(available_backends())})."
-            )
+    check_methods(config.methods)
     dataset = MVTec3D(config.data_root)
     data_root = Path(config.data_root)
     cache_dir = Path(config.cache_dir or default_cache_dir())

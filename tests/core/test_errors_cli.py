@@ -317,7 +317,8 @@ def test_stray_files_and_unwritable_cache(dataset, capsys, tmp_path):
     assert status == 0
 
     err = capsys.readouterr().err
-    assert "could not write cache entry" in err
+    assert err.count("could not write cache entry") == 1
+    assert "No more entries are written in this run" in err
     assert "Traceback" not in err
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
     assert [(r["train"], r["test"], r["n_test"]) for r in rows] == [
@@ -345,6 +346,27 @@ def test_output_folder_is_a_file(dataset, capsys, tmp_path):
     assert "blocker is a file, not a folder" in line
     line = run_failing(["fit", *common, "--model", tmp_path, "--size", "64"], capsys)
     assert "it is a folder. Pass a file name, e.g." in line
+
+
+def test_demo_checks_options_before_generating(capsys, tmp_path):
+    out = tmp_path / "demo"
+    line = run_failing(["demo", "--out", out, "--train-class", "nosuch", "-q"], capsys)
+    assert "--train-class names unknown classes ['nosuch']" in line
+    assert not (out / "data").exists()
+    line = run_failing(["demo", "--out", out, "--method", "nosuch", "-q"], capsys)
+    assert "unknown method 'nosuch'" in line
+    assert not (out / "data").exists()
+    source = tmp_path / "scan.npy"
+    line = run_failing(
+        ["demo", "--out", out, "--real-geometry", "--sources", f"mug={source}",
+         "--train-class", "cup", "-q"],
+        capsys,
+    )
+    assert "--train-class names unknown classes ['cup']; the dataset has: mug" in line
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    line = run_failing(["demo", "--out", blocker, "-q"], capsys)
+    assert "blocker is a file, not a folder" in line
 
 
 def test_predict_output_folder_is_a_file(model_file, dataset, capsys, tmp_path):
@@ -437,6 +459,22 @@ def test_predict_bad_inputs(model_file, dataset, capsys, tmp_path):
     # Same file names in different folders get names from their folders.
     names = sorted(p.name for p in (tmp_path / "two").glob("*_anomaly_map.npz"))
     assert names == ["dent_xyz_000_tiff_anomaly_map.npz", "good_xyz_000_tiff_anomaly_map.npz"]
+
+
+def test_predict_skips_class_without_scans(model_file, dataset, capsys, tmp_path):
+    root = copy_dataset(dataset, tmp_path)
+    shutil.rmtree(root / CLASSES[1] / "test")
+    (root / CLASSES[1] / "test" / "good" / "xyz").mkdir(parents=True)
+    argv = ["predict", "--model", model_file, "--data-root", root, "--out", tmp_path / "o"]
+    line = run_failing([*argv, "--test-classes", CLASSES[1], "-q"], capsys)
+    assert f"no test samples in {CLASSES[1]} under {root}" in line
+
+    status = main([str(a) for a in [*argv, "--heatmaps", "0"]])
+    assert status == 0
+    captured = capsys.readouterr()
+    assert f"class {CLASSES[1]} has no test samples; skipped" in captured.err
+    rows = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [row["test"] for row in rows] == [CLASSES[0]]
 
 
 def test_predict_writes_maps(model_file, dataset, capsys, tmp_path):
@@ -546,3 +584,10 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_repeated_methods_run_once():
+    import argparse
+
+    args = argparse.Namespace(backend=None, method="btf, btf,3dzal,btf")
+    assert cli._methods(args) == ["btf", "3dzal"]
