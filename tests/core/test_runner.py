@@ -161,7 +161,7 @@ def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
 def test_cli_unknown_class_and_method(tiny_dataset, tmp_path, capsys):
     assert main(["zero-shot", "--data-root", str(tiny_dataset), "--train-class", "nope",
                  "--out", str(tmp_path), "-q"]) == 2
-    assert "train_class names unknown classes ['nope']" in capsys.readouterr().err
+    assert "--train-class names unknown classes ['nope']" in capsys.readouterr().err
     assert main(["zero-shot", "--data-root", str(tiny_dataset), "--train-class", CLASSES[0],
                  "--method", "magic", "--out", str(tmp_path), "-q"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
