@@ -209,8 +209,9 @@ def greedy_coreset(
         Show a tqdm progress bar over the steps, if tqdm is installed.
     n_jobs : int, optional
         Numba threads for the projection and the steps; ``None`` keeps the current
-        setting, ``-1`` uses all. The picks do not depend on it. The threads meet at a barrier about once per pick, so
-        when other processes keep the cores busy, ``n_jobs=1`` can be faster.
+        setting, ``-1`` uses all. The picks do not depend on it. The threads meet at
+        a barrier about once per pick, so when other processes keep the cores busy,
+        ``n_jobs=1`` can be faster.
 
     Returns
     -------
